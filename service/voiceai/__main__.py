@@ -1,0 +1,3 @@
+from voiceai.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,123 @@
+"""All settings of the service, read once from the environment (prefix VOICEAI_) or `.env`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "VOICEAI_"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # Web server
+    host: str = Field("127.0.0.1", description="Address the service listens on.")
+    port: int = Field(8080, ge=1, le=65535, description="Port of the REST API and fork socket.")
+    api_token: SecretStr = Field(
+        SecretStr(""), description="Bearer token required on /api and /ws/live; empty = none."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    # FreeSWITCH
+    esl_host: str = Field("127.0.0.1", description="FreeSWITCH event socket host.")
+    esl_port: int = Field(8021, ge=1, le=65535, description="FreeSWITCH event socket port.")
+    esl_password: SecretStr = Field(SecretStr(""), description="FreeSWITCH event socket password.")
+    fork_user: str = Field("", description="Basic-auth user mod_audio_fork must present.")
+    fork_password: SecretStr = Field(
+        SecretStr(""), description="Basic-auth password for the fork socket; empty = no auth."
+    )
+
+    # Speech to text
+    stt_model: str = Field(
+        "auto",
+        description="faster-whisper model: a hub name (base, small...), a local path, or auto "
+        "(the packaged offline model when installed, else the hub model `base`).",
+    )
+    stt_device: Literal["cpu", "cuda", "auto"] = "cpu"
+    stt_compute_type: str = Field(
+        "int8", description="CTranslate2 compute type (int8, float16...)."
+    )
+    stt_language: Literal["en", "ru", "auto"] = Field(
+        "auto", description="Language callers speak; auto detects per turn (multilingual model)."
+    )
+    stt_workers: int = Field(2, ge=1, le=16, description="Transcriptions run at once.")
+    stt_timeout_s: float = Field(30.0, gt=0, description="Longest a transcription may take.")
+    stt_no_speech_threshold: float = Field(
+        0.6, ge=0, le=1, description="Segments Whisper rates more likely silence are dropped."
+    )
+
+    # Turn detection
+    vad_aggressiveness: int = Field(2, ge=0, le=3, description="webrtcvad mode, 3 = strictest.")
+    end_of_turn_ms: int = Field(
+        600, ge=100, le=5000, description="Trailing silence that ends the caller's turn."
+    )
+    min_speech_ms: int = Field(
+        200, ge=20, le=2000, description="Voiced audio needed before a turn starts."
+    )
+    max_utterance_ms: int = Field(
+        20000, ge=1000, le=120000, description="A turn longer than this is cut and transcribed."
+    )
+    pre_roll_ms: int = Field(
+        300, ge=0, le=2000, description="Audio kept before speech start, so no syllable is lost."
+    )
+
+    # Storage
+    media_dir: Path = Field(Path("data/media"), description="Folder shared with FreeSWITCH.")
+    database_url: str = Field(
+        "sqlite:///data/voiceai.db", description="SQLAlchemy URL of the call records."
+    )
+
+    @field_validator("stt_model")
+    @classmethod
+    def _model_not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must name a model, a path, or auto")
+        return value.strip()
+
+    @field_validator("stt_language", "stt_device", "log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    def secret_values(self) -> list[str]:
+        """Every secret that is set, so logs and errors can be scrubbed of them."""
+        secrets = (self.api_token, self.esl_password, self.fork_password)
+        return [s.get_secret_value() for s in secrets if s.get_secret_value()]
+
+    def masked(self) -> dict[str, str]:
+        """The effective settings as `VOICEAI_NAME -> value`, secrets masked."""
+        shown: dict[str, str] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                text = "********" if value.get_secret_value() else "(not set)"
+            else:
+                text = str(value)
+            shown[ENV_PREFIX + name.upper()] = text
+        return shown
+
+
+class SettingsError(Exception):
+    """A setting is invalid; the message names it and says what is wrong, never its secret."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise SettingsError(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        name = ENV_PREFIX + str(error["loc"][0]).upper() if error["loc"] else "settings"
+        shown = "" if "PASSWORD" in name or "TOKEN" in name else f" (got {error.get('input')!r})"
+        lines.append(f"invalid setting {name}: {error['msg']}{shown}")
+    return "; ".join(lines)
