@@ -1,0 +1,1 @@
+"""Audio: PCM byte streams, rate conversion, file decoding, turn detection."""
