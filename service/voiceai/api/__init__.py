@@ -1,0 +1,1 @@
+"""The web layer: the fork socket, REST routes, the live event socket."""

@@ -1,0 +1,49 @@
+"""What every route needs: the app's lifespan services and the API token check."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+
+from fastapi import HTTPException, Request, WebSocket, status
+
+from voiceai.call import CallRegistry
+from voiceai.config import Settings
+from voiceai.engines.stt import SpeechToText
+from voiceai.events import EventBus
+from voiceai.store import CallStore
+
+
+@dataclass
+class Services:
+    settings: Settings
+    bus: EventBus
+    store: CallStore
+    stt: SpeechToText
+    calls: CallRegistry
+
+
+def services(conn: Request | WebSocket) -> Services:
+    return conn.app.state.services
+
+
+def token_ok(settings: Settings, given: str | None) -> bool:
+    expected = settings.api_token.get_secret_value()
+    if not expected:
+        return True
+    return given is not None and hmac.compare_digest(given.encode(), expected.encode())
+
+
+def bearer(header: str | None) -> str | None:
+    if header and header.lower().startswith("bearer "):
+        return header[7:].strip()
+    return None
+
+
+def require_token(request: Request) -> None:
+    if not token_ok(services(request).settings, bearer(request.headers.get("authorization"))):
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "missing or wrong API token (Authorization: Bearer ...)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )

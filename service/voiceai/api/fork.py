@@ -1,0 +1,139 @@
+"""ws://HOST:PORT/fork/{call_id}: where FreeSWITCH's mod_audio_fork streams a caller."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+from fastapi import APIRouter, WebSocket
+from starlette.responses import PlainTextResponse
+
+from voiceai import events
+from voiceai.api.deps import services
+from voiceai.audio.turns import TurnConfig
+from voiceai.call import CallSession
+from voiceai.telephony.fork import (
+    CALL_ID,
+    CLOSE_ERROR,
+    CLOSE_NORMAL,
+    CLOSE_POLICY,
+    DEFAULT_RATE,
+    SUBPROTOCOL,
+    Audio,
+    ForkMetadata,
+    ForkProtocolError,
+    basic_auth_ok,
+    check_rate,
+    receive_messages,
+)
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+
+
+@router.websocket("/fork/{call_id}")
+async def fork(ws: WebSocket, call_id: str) -> None:
+    svc = services(ws)
+    settings = svc.settings
+    password = settings.fork_password.get_secret_value()
+    if password and not basic_auth_ok(
+        ws.headers.get("authorization"), settings.fork_user, password
+    ):
+        log.warning("fork %s refused: missing or wrong basic auth", call_id)
+        await ws.send_denial_response(
+            PlainTextResponse("unauthorized", 401, headers={"WWW-Authenticate": "Basic"})
+        )
+        return
+    offered = ws.scope.get("subprotocols") or []
+    await ws.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
+    if not CALL_ID.match(call_id):
+        await _close(ws, CLOSE_POLICY, "call id must be letters, digits, dot, dash, underscore")
+        return
+    if call_id in svc.calls:
+        log.warning("fork %s refused: the call is already streaming", call_id)
+        await _close(ws, CLOSE_POLICY, "call is already streaming")
+        return
+
+    call: CallSession | None = None
+    reason = "hangup"
+    messages = receive_messages(ws)
+    try:
+        first = await anext(messages, None)
+        meta = ForkMetadata()
+        if first is not None and not isinstance(first, Audio):
+            meta, warning = ForkMetadata.parse(first.text)
+            if warning:
+                log.warning("fork %s: %s", call_id, warning)
+        rate = check_rate(
+            meta.rate if meta.rate is not None else ws.query_params.get("rate", DEFAULT_RATE)
+        )
+        channels = 2 if ws.query_params.get("mix") == "stereo" else meta.channels
+        language = meta.language or _language(settings.stt_language)
+        call = CallSession(
+            call_id,
+            rate=rate,
+            channels=channels,
+            language=language,
+            stt=svc.stt,
+            bus=svc.bus,
+            turn_config=TurnConfig(
+                vad_aggressiveness=settings.vad_aggressiveness,
+                min_speech_ms=settings.min_speech_ms,
+                end_of_turn_ms=settings.end_of_turn_ms,
+                max_utterance_ms=settings.max_utterance_ms,
+                pre_roll_ms=settings.pre_roll_ms,
+            ),
+        )
+        svc.calls.add(call)
+        svc.bus.publish(
+            events.CALL_STARTED,
+            call_id,
+            caller=meta.caller,
+            caller_name=meta.caller_name,
+            callee=meta.callee,
+            direction=meta.direction,
+            language=language,
+            sample_rate=rate,
+            channels=channels,
+            metadata=meta.extra,
+        )
+        log.info(
+            "call %s: fork connected (%d Hz, %d ch, caller %s)",
+            call_id,
+            rate,
+            channels,
+            meta.caller,
+        )
+        if isinstance(first, Audio):
+            call.feed(first.data)
+        async for message in messages:
+            if isinstance(message, Audio):
+                call.feed(message.data)
+            else:
+                log.info("call %s: text from FreeSWITCH: %.200s", call_id, message.text)
+                call.note_text(message.text)
+        await _close(ws, CLOSE_NORMAL, "")
+    except ForkProtocolError as exc:
+        log.warning("fork %s closed: %s", call_id, exc.reason)
+        reason = f"protocol error: {exc.reason}"
+        await _close(ws, exc.code, exc.reason)
+    except Exception:
+        log.exception("fork %s failed", call_id)
+        reason = "internal error"
+        await _close(ws, CLOSE_ERROR, "internal error")
+    finally:
+        if call is not None:
+            try:
+                await call.finish(reason)
+            finally:
+                svc.calls.remove(call_id)
+                log.info("call %s ended: %s", call_id, reason)
+
+
+def _language(setting: str) -> str | None:
+    return None if setting == "auto" else setting
+
+
+async def _close(ws: WebSocket, code: int, reason: str) -> None:
+    with contextlib.suppress(Exception):  # the far end may already be gone
+        await ws.close(code, reason)

@@ -1,0 +1,1 @@
+"""Telephony: what speaks FreeSWITCH (mod_audio_fork websocket, event socket)."""
