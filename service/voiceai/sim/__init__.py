@@ -1,0 +1,1 @@
+"""A FreeSWITCH emulator (mod_audio_fork client, event socket server) for tests and demos."""
