@@ -1,0 +1,136 @@
+"""Settings and the `voiceai` command: clear errors, masked secrets, a simulated call."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import RunningService, words
+from tests.speech import KEYWORDS, Speech
+from voiceai.engines.stt import resolve_model
+from voiceai.logs import SecretScrubber
+
+
+def voiceai(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("VOICEAI_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "voiceai", *args],
+        env=full_env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_check_config_prints_settings_with_secrets_masked(tmp_path: Path) -> None:
+    env = {
+        "VOICEAI_ESL_PASSWORD": "esl-s3cret",
+        "VOICEAI_API_TOKEN": "tok-s3cret",
+        "VOICEAI_PORT": "9090",
+    }
+    result = voiceai("check-config", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "VOICEAI_PORT=9090" in result.stdout
+    assert "VOICEAI_ESL_PASSWORD=********" in result.stdout
+    assert "VOICEAI_FORK_PASSWORD=(not set)" in result.stdout
+    assert "s3cret" not in result.stdout + result.stderr
+
+
+def test_invalid_setting_stops_with_one_line_naming_it(tmp_path: Path) -> None:
+    result = voiceai("check-config", env={"VOICEAI_END_OF_TURN_MS": "soon"}, cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "VOICEAI_END_OF_TURN_MS" in lines[0]
+
+
+def test_out_of_range_and_unknown_choices_are_refused(tmp_path: Path) -> None:
+    result = voiceai(
+        "serve", env={"VOICEAI_STT_LANGUAGE": "fr", "VOICEAI_PORT": "70000"}, cwd=tmp_path
+    )
+    assert result.returncode == 2
+    assert "VOICEAI_STT_LANGUAGE" in result.stderr and "VOICEAI_PORT" in result.stderr
+
+
+def test_settings_come_from_a_dotenv_file(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("VOICEAI_END_OF_TURN_MS=900\nVOICEAI_STT_LANGUAGE=RU\n")
+    result = voiceai("check-config", cwd=tmp_path)
+    assert "VOICEAI_END_OF_TURN_MS=900" in result.stdout
+    assert "VOICEAI_STT_LANGUAGE=ru" in result.stdout
+
+
+def test_log_lines_have_configured_secrets_scrubbed() -> None:
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "auth %s failed", ("pw-123",), None)
+    SecretScrubber(["pw-123"]).filter(record)
+    assert record.getMessage() == "auth *** failed"
+
+
+def test_auto_stt_model_is_the_packaged_offline_one() -> None:
+    path = Path(resolve_model("auto"))
+    assert (path / "model.bin").exists()
+    assert resolve_model("small") == "small"
+
+
+def test_simulate_prints_the_transcripts_of_a_call(service: RunningService, speech: Speech) -> None:
+    result = voiceai(
+        "simulate",
+        str(speech["booking"]),
+        str(speech["callback"]),
+        "--url",
+        service.http,
+        "--speed",
+        "0",
+        "--rate",
+        "8k",
+        "--call-id",
+        "sim-1",
+    )
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith("caller")]
+    assert len(lines) == 2
+    assert KEYWORDS["booking"] <= words(lines[0])
+    assert KEYWORDS["callback"] <= words(lines[1])
+    assert "call ended" in result.stdout
+    assert len(service.wait_for_call("sim-1")["turns"]) == 2
+
+
+def test_simulate_says_so_when_the_service_is_down(speech: Speech) -> None:
+    result = voiceai("simulate", str(speech["booking"]), "--url", "http://127.0.0.1:9")
+    assert result.returncode != 0
+    assert "cannot reach" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_health_is_open_and_the_api_needs_the_token(service_factory) -> None:
+    service = service_factory(api_token="t0ken")
+    assert service.get("/healthz").json() == {"status": "ok"}
+    assert service.get("/api/calls/nope").status_code == 401
+    assert (
+        service.get("/api/calls/nope", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    )
+    found = service.get("/api/calls/nope", headers={"Authorization": "Bearer t0ken"})
+    assert found.status_code == 404
+    assert "nope" in found.json()["detail"]
+
+
+def test_live_socket_needs_the_token_when_set(service_factory) -> None:
+    service = service_factory(api_token="t0ken")
+    response = httpx.get(
+        service.http + "/ws/live",
+        headers={
+            "Connection": "Upgrade",
+            "Upgrade": "websocket",
+            "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        },
+    )
+    assert response.status_code == 401
