@@ -1,0 +1,53 @@
+# voiceai: every recipe installs what it needs first (`setup`), so each works on a fresh machine.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+venv := ".venv"
+bin := venv / "bin"
+
+# Talk to the bot: a simulated call on embedded defaults, its conversation printed.
+default: demo
+
+# Install missing Debian packages, then the project with its extras into .venv.
+setup:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+        || { echo "voiceai needs Python 3.11 or newer (python3 is $(python3 -V))" >&2; exit 1; }
+    apt_packages=(espeak-ng)
+    python3 -c 'import ensurepip' 2>/dev/null || apt_packages+=(python3-venv)
+    missing=()
+    for package in "${apt_packages[@]}"; do
+        dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+    done
+    if (( ${#missing[@]} )); then
+        sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        echo "installing Debian packages: ${missing[*]}"
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    fi
+    [ -x {{bin}}/python ] || python3 -m venv {{venv}}
+    stamp={{venv}}/.installed
+    wanted="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
+        {{bin}}/pip install --quiet --disable-pip-version-check -e '.[offline,test]'
+        echo "$wanted" > "$stamp"
+    fi
+
+# Run the service on the settings from the environment or .env.
+serve: setup
+    {{bin}}/voiceai serve
+
+# A whole simulated call against a service started on embedded defaults.
+demo: setup
+    HF_HUB_OFFLINE=1 {{bin}}/python -m voiceai.sim.demo
+
+# Lint, then the whole test suite (real models, real sockets, no network).
+test: setup
+    {{bin}}/ruff check service tests bench
+    HF_HUB_OFFLINE=1 {{bin}}/pytest
+
+# Speed and cost figures (printed, not asserted).
+bench: setup
+    HF_HUB_OFFLINE=1 {{bin}}/python bench/stt_speed.py
+    HF_HUB_OFFLINE=1 {{bin}}/python bench/ingest_cost.py
