@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import av
@@ -66,7 +67,12 @@ def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
 
 def decode_file(path: str | Path, rate: int) -> np.ndarray:
     """Any audio file PyAV reads (WAV of any rate/format, MP3...) → mono int16 at `rate`."""
-    with av.open(str(path)) as container:
+    return decode_bytes(Path(path).read_bytes(), rate)
+
+
+def decode_bytes(data: bytes, rate: int) -> np.ndarray:
+    """Encoded audio in memory (WAV, MP3...) → mono int16 at `rate`. The one decoding path."""
+    with av.open(io.BytesIO(data)) as container:
         stream = container.streams.audio[0]
         native_rate = stream.rate or stream.codec_context.sample_rate
         # PyAV only converts sample format and layout; rate goes through `resample`.
