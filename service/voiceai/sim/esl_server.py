@@ -9,6 +9,13 @@ FreeSWITCH (design.md) are reproduced on purpose, including its failures: `uuid_
 Extend it through two tables: `EslServer.api_handlers` (name -> async handler for `api` and
 `bgapi`) and `EslServer.app_handlers` (dialplan applications that `sendmsg` with
 `call-command: execute` runs). Everything runs on one asyncio loop: call the methods from it.
+
+A talking bot is served the way FreeSWITCH 1.10 serves it (design.md, "Measured on..."):
+`playback` through `sendmsg` (event-lock: in order, gapless; without it: nested, reverse order),
+`uuid_broadcast` (5 lead frames), `uuid_break [all]`, `uuid_transfer`, `uuid_send_dtmf`,
+`originate`, caller DTMF (`press_dtmf`). Time is the call clock (`EslServer.clock`): the loop's
+clock run `speed` times faster. Every channel keeps both sides of the call on that clock
+(`write_call_wav`, `played_audio`, `Channel.played`).
 """
 
 from __future__ import annotations
@@ -18,20 +25,25 @@ import contextlib
 import itertools
 import json
 import logging
+import math
 import re
 import time
+import wave
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from email.utils import formatdate
-from typing import Any, Final
+from pathlib import Path
+from typing import Any, Final, NamedTuple
 from uuid import uuid4
 from xml.sax.saxutils import escape as xml_escape
 
 import numpy as np
 from websockets.exceptions import ConnectionClosed
 
-from voiceai.sim.fork_client import ForkClient, ForkStreamOptions
+from voiceai.audio.pcm import decode_file, resample
+from voiceai.sim.fork_client import ForkClient
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +75,23 @@ FORK_MESSAGE_EVENTS: Final = {
     "error": "mod_audio_fork::error",
     "json": "mod_audio_fork::json",
 }
+
+# mod_commands usage lines, as the real API answers them.
+BREAK_SYNTAX: Final = "<uuid> [all]"
+BROADCAST_SYNTAX: Final = "<uuid> <path> [aleg|bleg|holdb|both]"
+TRANSFER_SYNTAX: Final = "<uuid> [-bleg|-both] <dest-exten> [<dialplan>] [<context>]"
+SEND_DTMF_SYNTAX: Final = "<uuid> <dtmf_data>"
+ORIGINATE_SYNTAX: Final = (
+    "<call url> <exten>|&<application_name>(<app_args>) [<dialplan>] [<context>] [<cid_name>] "
+    "[<cid_num>] [<timeout_sec>]"
+)
+NO_SUCH_CHANNEL: Final = "-ERR No Such Channel!\n"  # uuid_break, uuid_transfer (capitalised)
+GATEWAY_DIAL: Final = re.compile(r"^sofia/gateway/([^/]+)/(.+)$")
+DTMF_DIGITS: Final = frozenset("0123456789*#ABCD")
+PACKET_SECONDS: Final = 0.02  # ptime: 20 ms frames on the fork and for lead-frames
+BROADCAST_LEAD_FRAMES: Final = 5  # switch_ivr_broadcast's lead-frames: the measured ~0.1 s
+GAPLESS_SLACK: Final = 0.1  # real seconds a queued file may start late and still follow gaplessly
+WAIT_SLICE: Final = 0.25  # longest single sleep, so a new `speed` takes effect soon
 
 MAX_PACKET: Final = 10 * 1024 * 1024  # mod_event_socket's limit for one command
 MAX_LINE: Final = 1024 * 1024  # a longer header line is garbage: drop that client
@@ -309,6 +338,72 @@ class Fork:
         return self.state in ("connecting", "connected")
 
 
+class Played(NamedTuple):
+    """One file the caller heard. Times are call-clock seconds since the channel was created."""
+
+    path: str
+    started_at: float
+    stopped_at: float
+    status: str  # done | break | hangup
+    offset_samples: int  # samples heard, at the channel's codec rate
+
+
+@dataclass(eq=False)
+class _Playback:
+    """One file on a channel's media: the pieces of it the caller heard, on the call clock."""
+
+    path: str
+    audio: np.ndarray  # the whole file, mono int16 at the channel's codec rate
+    rate: int
+    pieces: list[tuple[float, int, int]] = field(default_factory=list)  # (start, from, to)
+    run_start: float | None = None  # when the piece playing now began; None: not playing
+    run_from: int = 0  # the sample that piece began at
+    status: str | None = None  # set once finished
+    wake: asyncio.Event = field(default_factory=asyncio.Event)  # pause, resume, break, hangup
+    by_rate: dict[int, np.ndarray] = field(default_factory=dict)
+
+    def position(self, now: float) -> int:
+        if self.run_start is None:
+            return self.run_from
+        return min(self.audio.size, self.run_from + max(int((now - self.run_start) * self.rate), 0))
+
+    def end_time(self) -> float | None:
+        if self.run_start is None:
+            return None
+        return self.run_start + (self.audio.size - self.run_from) / self.rate
+
+    def close_piece(self, to: int) -> None:
+        if self.run_start is not None:
+            self.pieces.append((self.run_start, self.run_from, to))
+        self.run_start, self.run_from = None, to
+
+    def spans(self) -> list[tuple[float, int, int]]:
+        """Every piece; the one playing now runs to the end of the file (callers cut it)."""
+        if self.run_start is None:
+            return self.pieces
+        return [*self.pieces, (self.run_start, self.run_from, self.audio.size)]
+
+    def at_rate(self, rate: int) -> np.ndarray:
+        # Resampled once per rate: a clip cut into 20 ms frames would click at every edge.
+        cached = self.by_rate.get(rate)
+        if cached is None:
+            cached = self.by_rate[rate] = resample(self.audio, self.rate, rate)
+        return cached
+
+
+@dataclass
+class _CallerSegment:
+    """A run of caller audio as a fork sent it: call-clock start, fork rate, L16 bytes."""
+
+    start: float
+    rate: int
+    data: bytearray
+
+    @property
+    def end(self) -> float:
+        return self.start + len(self.data) / 2 / self.rate
+
+
 @dataclass
 class Channel:
     """One call leg on the emulated switch."""
@@ -329,6 +424,24 @@ class Channel:
     messages: list[dict[str, str]] = field(default_factory=list)  # every sendmsg, as received
     gone: asyncio.Event = field(default_factory=asyncio.Event, repr=False)  # set on hangup
     app_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+    codec_rate: int = 8000  # the call's media rate: 8000 on PCMU; playback offsets count in it
+    channel_name: str = ""  # overrides `name` (originated legs: the dial string)
+    created_at: float = 0.0  # call clock (EslServer.clock) when the channel was created
+    ended_at: float | None = None  # call clock at hangup
+    played: list[Played] = field(default_factory=list)  # every file the caller heard
+    errors: list[str] = field(default_factory=list)  # what FreeSWITCH would only log
+    transfers: list[tuple[str, str, str]] = field(default_factory=list)  # (dest, dialplan, ctx)
+    transferred: bool = False  # bridged to a gateway by uuid_transfer; the fork keeps streaming
+    transfer_target: str | None = None  # e.g. sofia/gateway/ringcentral/+15551234
+    dtmf_sent: list[str] = field(default_factory=list)  # uuid_send_dtmf data, to the caller
+    dtmf_pressed: list[str] = field(default_factory=list)  # digits the caller pressed
+    scheduled: list[str] = field(default_factory=list)  # sched_transfer destinations pending
+    media: list[_Playback] = field(default_factory=list, init=False, repr=False)  # playing now
+    clips: list[_Playback] = field(default_factory=list, init=False, repr=False)  # ever started
+    caller_segments: list[_CallerSegment] = field(default_factory=list, init=False, repr=False)
+    caller_recorded: int = field(default=0, init=False, repr=False)  # caller_audio bytes kept
+    media_free_at: float | None = field(default=None, init=False, repr=False)
+    flushes: int = field(default=0, init=False, repr=False)  # uuid_break all count
 
     @property
     def fork(self) -> Fork | None:
@@ -337,7 +450,13 @@ class Channel:
 
     @property
     def name(self) -> str:
-        return f"sofia/external/{self.caller_id_number}@sip.ringcentral.com"
+        return self.channel_name or f"sofia/external/{self.caller_id_number}@sip.ringcentral.com"
+
+    @property
+    def playing(self) -> str | None:
+        """The file the caller hears right now, if any."""
+        top = self.media[-1] if self.media else None
+        return top.path if top is not None and top.run_start is not None else None
 
 
 # --- one client connection ---------------------------------------------------------------
@@ -507,8 +626,17 @@ class EslServer:
         self.host = host
         self.hostname = hostname
         self.core_uuid = str(uuid4())
-        self.speed = 1.0  # fork audio pace: 1 = real time, 10 = ten times faster
+        # The call clock: the loop's clock times `speed` (set through the property, which
+        # rebases it, so a change of pace never makes the clock jump).
+        self._speed = 1.0
+        self._clock_base = 0.0
+        self._clock_mark = _loop_time()
         self.crashed = False
+        self.missing_file_events = False  # True: START+STOP for a missing file (FS: none at all)
+        self.originate_answer_delay = 0.5  # call seconds an originated call rings
+        self.unreachable_numbers: set[str] = set()  # originate fails with `unreachable_cause`
+        self.unreachable_cause = "NO_ANSWER"
+        self.busy_numbers: set[str] = set()  # originate fails with USER_BUSY
         self.commands: list[str] = []  # every api/bgapi command line received
         self.channels: dict[str, Channel] = {}  # every call, hung up ones too
         self.events: deque[Event] = deque(maxlen=10_000)  # recent events, for assertions
@@ -540,6 +668,36 @@ class EslServer:
     @property
     def port(self) -> int:
         return self._port
+
+    @property
+    def speed(self) -> float:
+        """Pace of the call clock: 1 = real time, 10 = ten times faster, <= 0 = frozen."""
+        return self._speed
+
+    @speed.setter
+    def speed(self, value: float) -> None:
+        self._clock_base = self.clock()
+        self._clock_mark = _loop_time()
+        self._speed = float(value)
+
+    def clock(self) -> float:
+        """Call-clock seconds: what fork audio, playback and recordings are timed on."""
+        return self._clock_base + (_loop_time() - self._clock_mark) * max(self._speed, 0.0)
+
+    async def _wait_until(self, target: float, wake: asyncio.Event | None = None) -> bool:
+        """Sleep until the call clock reaches `target`; True if `wake` was set first."""
+        while True:
+            if wake is not None and wake.is_set():
+                return True
+            remaining = target - self.clock()
+            if remaining <= 0 or self._speed <= 0:
+                return False
+            delay = min(remaining / self._speed, WAIT_SLICE)
+            if wake is None:
+                await asyncio.sleep(delay)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), delay)
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(
@@ -652,18 +810,19 @@ class EslServer:
         answer_state = (
             "hangup" if channel.hung_up else "answered" if channel.answered else "ringing"
         )
+        direction = channel.variables.get("direction", "inbound")
         headers = {
             "Channel-State": channel.state,
             "Channel-Call-State": call_state,
             "Channel-State-Number": str(STATE_NUMBERS.get(channel.state, 0)),
             "Channel-Name": channel.name,
             "Unique-ID": channel.uuid,
-            "Call-Direction": "inbound",
-            "Presence-Call-Direction": "inbound",
+            "Call-Direction": direction,
+            "Presence-Call-Direction": direction,
             "Channel-HIT-Dialplan": "true",
             "Channel-Call-UUID": channel.uuid,
             "Answer-State": answer_state,
-            "Caller-Direction": "inbound",
+            "Caller-Direction": direction,
             "Caller-Username": channel.caller_id_number,
             "Caller-Dialplan": "XML",
             "Caller-Caller-ID-Name": channel.caller_id_name,
@@ -700,6 +859,8 @@ class EslServer:
         destination_number: str = "+15550199",
         variables: Mapping[str, str] | None = None,
         caller_audio: bytes = b"",
+        codec_rate: int = 8000,
+        channel_name: str = "",
     ) -> Channel:
         """A new inbound call (not answered yet); fires CHANNEL_CREATE."""
         channel = Channel(
@@ -708,6 +869,9 @@ class EslServer:
             caller_id_number=caller_id_number,
             destination_number=destination_number,
             caller_audio=caller_audio,
+            codec_rate=codec_rate,
+            channel_name=channel_name,
+            created_at=self.clock(),
         )
         channel.variables = {
             "uuid": channel.uuid,
@@ -716,8 +880,10 @@ class EslServer:
             "caller_id_name": caller_id_name,
             "caller_id_number": caller_id_number,
             "destination_number": destination_number,
-            "read_codec": "PCMU",
-            "read_rate": "8000",
+            "read_codec": "PCMU" if codec_rate == 8000 else "L16",
+            "read_rate": str(codec_rate),
+            "write_codec": "PCMU" if codec_rate == 8000 else "L16",
+            "write_rate": str(codec_rate),
             **{k: str(v) for k, v in (variables or {}).items()},
         }
         self.channels[channel.uuid] = channel
@@ -752,9 +918,12 @@ class EslServer:
             return False
         channel.hung_up = True
         channel.hangup_cause = cause
+        channel.ended_at = self.clock()
         channel.variables["hangup_cause"] = cause
         channel.state = "CS_HANGUP"
         self.emit_channel(channel, "CHANNEL_HANGUP", {"Hangup-Cause": cause})
+        for playback in reversed(channel.media):  # the play loop sees the channel go: "done"
+            self._finish_playback(channel, playback, "hangup")
         channel.gone.set()
         for fork in list(channel.forks.values()):
             await self._close_fork(fork)
@@ -820,6 +989,274 @@ class EslServer:
             "min idle cpu 0.00/98.50\n"
             "Current Stack Size/Max 240K/8192K\n"
         )
+
+    # media: playback, break, DTMF, transfer, originate
+
+    async def play_file(self, channel: Channel, arg: str) -> str:
+        """The `playback` application: the file's real length on the call clock, then done.
+
+        Like switch_ivr_play_file: a file that cannot be opened fires no PLAYBACK event at all
+        (only logged; `missing_file_events` makes it START+STOP for tests that want it).
+        """
+        _, path = _parse_dial_vars(arg)
+        try:
+            # Decoded inline (a few ms): the file must start before a message sent right
+            # after it can run, exactly as FreeSWITCH opens it before looking at its queue.
+            audio = decode_file(path, channel.codec_rate)
+        except Exception as exc:  # missing, unreadable, not audio
+            log.warning("esl emulator: playback cannot open %s: %s", path, exc)
+            channel.errors.append(f"playback: cannot open {path}: {exc}")
+            channel.media_free_at = self.clock()
+            if self.missing_file_events:
+                self.emit_channel(channel, "PLAYBACK_START", {"Playback-File-Path": path})
+                stop = {"Playback-File-Path": path, "Playback-Status": "done"}
+                self.emit_channel(channel, "PLAYBACK_STOP", stop)
+            return "FILE NOT FOUND"
+        playback = _Playback(path, audio, channel.codec_rate)
+        now = self.clock()
+        start = _APP_START.get()
+        if start is None or start > now:
+            start = now
+        if channel.hung_up:
+            return "FILE PLAYED"
+        playback.run_start = start
+        channel.media.append(playback)
+        channel.clips.append(playback)
+        self.emit_channel(channel, "PLAYBACK_START", {"Playback-File-Path": path})
+        while playback.status is None:
+            end = playback.end_time()
+            if end is None:  # a message without event-lock plays inside this one
+                await playback.wake.wait()
+                playback.wake.clear()
+                continue
+            if not await self._wait_until(end, playback.wake):
+                self._finish_playback(channel, playback, "done")
+                break
+            playback.wake.clear()
+        return "FILE PLAYED"  # mod_dptools answers this for done and for break alike
+
+    def _finish_playback(self, channel: Channel, playback: _Playback, status: str) -> None:
+        """Stop a file: its variables, then PLAYBACK_STOP, then a `played` record."""
+        if playback.status is not None:
+            return
+        end = playback.end_time()
+        if status == "done" and end is not None:
+            stopped, heard = end, playback.audio.size
+        else:
+            stopped = self.clock()
+            heard = playback.position(stopped)
+        playback.close_piece(heard)
+        playback.status = status
+        playback.wake.set()
+        if playback in channel.media:
+            channel.media.remove(playback)
+        if not playback.pieces:
+            return
+        rate = channel.codec_rate
+        channel.variables["playback_last_offset_pos"] = str(heard)  # at the CHANNEL rate
+        # FreeSWITCH counts read-ahead here, so after a break these overstate what was heard.
+        channel.variables["playback_samples"] = str(playback.audio.size)
+        channel.variables["playback_ms"] = str(playback.audio.size * 1000 // rate)
+        channel.variables["playback_seconds"] = str(playback.audio.size // rate)
+        wire_status = "break" if status == "break" else "done"
+        headers = {"Playback-File-Path": playback.path, "Playback-Status": wire_status}
+        self.emit_channel(channel, "PLAYBACK_STOP", headers)
+        started = playback.pieces[0][0]
+        channel.played.append(
+            Played(
+                playback.path,
+                started - channel.created_at,
+                stopped - channel.created_at,
+                status,
+                heard,
+            )
+        )
+        channel.media_free_at = stopped
+
+    def break_playback(self, channel: Channel, *, flush: bool = False) -> bool:
+        """uuid_break: stop the file playing now; `flush` (all) also drops every queued message.
+
+        Only the stopped file gets an event (PLAYBACK_STOP, break); flushed files get none.
+        False if nothing was playing.
+        """
+        if flush:
+            channel.flushes += 1
+        targets = list(reversed(channel.media)) if flush else channel.media[-1:]
+        for playback in targets:
+            self._finish_playback(channel, playback, "break")
+        return bool(targets)
+
+    def broadcast(self, channel: Channel, path: str, legs: str = "aleg") -> None:
+        """uuid_broadcast: a queued message like sendmsg, 5 lead frames (~0.1 s) before it."""
+        app, sep, arg = path.partition("::")
+        message = {
+            "call-command": "execute",
+            "execute-app-name": app if sep else "playback",
+            "execute-app-arg": arg if sep else path,
+            "event-lock": "true",
+            "lead-frames": str(BROADCAST_LEAD_FRAMES),
+            "legs": legs,
+        }
+        self.enqueue_message(channel, message)
+
+    def transfer(
+        self, channel: Channel, dest: str, dialplan: str = "XML", context: str = "default"
+    ) -> None:
+        """uuid_transfer: recorded; an inline bridge to a gateway marks the call transferred.
+
+        The bot's leg stays in the call and its forks keep streaming (measured), so nothing
+        else changes here: a bot that keeps talking is the bot's bug to find.
+        """
+        channel.transfers.append((dest, dialplan, context))
+        if dialplan.lower() != "inline":
+            return
+        for step in dest.split(","):
+            app, _, data = step.partition(":")
+            _, dial = _parse_dial_vars(data)
+            if app.strip() == "bridge" and GATEWAY_DIAL.match(dial):
+                channel.transferred = True
+                channel.transfer_target = dial
+
+    def schedule_transfer(self, channel: Channel, seconds: float, dest: str) -> None:
+        """The dialplan's `sched_transfer +N dest`: runs unless `sched_del <uuid>` drops it."""
+        channel.scheduled.append(dest)
+
+        async def later() -> None:
+            await asyncio.sleep(seconds / (self._speed if self._speed > 0 else 1.0))
+            if dest in channel.scheduled and not channel.hung_up:
+                channel.scheduled.remove(dest)
+                self.transfer(channel, dest)
+
+        self._spawn(later(), f"sched-{channel.uuid}")
+
+    def press_dtmf(self, uuid: str, digits: str, duration_ms: int = 100) -> None:
+        """The caller presses keys: one DTMF event per digit (never on the fork websocket).
+
+        Like mod_dptools' playback, a digit in `playback_terminators` (default `*`) stops the
+        file playing now (PLAYBACK_STOP, break); the queue goes on.
+        """
+        channel = self.live_channel(uuid)
+        if channel is None:
+            raise KeyError(uuid)
+        for digit in digits.upper():
+            if digit not in DTMF_DIGITS:
+                raise ValueError(f"not a DTMF digit: {digit!r}")
+            channel.dtmf_pressed.append(digit)
+            headers = {
+                "DTMF-Digit": digit,
+                "DTMF-Duration": str(duration_ms * 8),  # RFC 2833 timestamp units: 8 kHz
+                "DTMF-Source": "RTP",
+            }
+            self.emit_channel(channel, "DTMF", headers)
+            top = channel.media[-1] if channel.media else None
+            if top is None or top.run_start is None:
+                continue
+            terminators = channel.variables.get("playback_terminators", "*")
+            terminators = {"any": "1234567890*#", "none": ""}.get(terminators.lower(), terminators)
+            if digit in terminators:
+                channel.variables["playback_terminator_used"] = digit
+                self._finish_playback(channel, top, "break")
+
+    async def originate(
+        self,
+        url: str,
+        exten: str,
+        *,
+        cid_name: str | None = None,
+        cid_num: str | None = None,
+    ) -> str:
+        """`originate {vars}sofia/gateway/<gw>/<number> &park()`: rings, then answers or fails.
+
+        Blocks while it rings, like the real API. Answers `+OK <uuid>` or `-ERR <CAUSE>`.
+        """
+        variables, dial = _parse_dial_vars(url)
+        match = GATEWAY_DIAL.match(dial)
+        number = match.group(2) if match else dial.rsplit("/", 1)[-1]
+        uuid = variables.get("origination_uuid") or str(uuid4())
+        if uuid in self.channels:
+            return "-ERR INVALID_PROFILE\n"  # switch_ivr_originate refuses a uuid in use
+        channel = self.add_channel(
+            uuid=uuid,
+            caller_id_name=variables.get("origination_caller_id_name", cid_name or "Voice AI"),
+            caller_id_number=variables.get("origination_caller_id_number", cid_num or "0000000000"),
+            destination_number=number,
+            variables={**variables, "direction": "outbound"},
+            channel_name=dial,
+        )
+        cause = None
+        if number in self.busy_numbers:
+            cause = "USER_BUSY"
+        elif number in self.unreachable_numbers:
+            cause = self.unreachable_cause
+        await self._wait_until(self.clock() + self.originate_answer_delay, channel.gone)
+        if channel.hung_up:
+            return f"-ERR {channel.hangup_cause or 'ORIGINATOR_CANCEL'}\n"
+        if cause is not None:
+            await self.hangup(uuid, cause)
+            return f"-ERR {cause}\n"
+        await self.answer(uuid)
+        if exten.startswith("&") and len(exten) > 1:
+            app, _, rest = exten[1:].partition("(")
+            message = {
+                "call-command": "execute",
+                "execute-app-name": app,
+                "execute-app-arg": rest.rsplit(")", 1)[0],
+                "event-lock": "true",
+            }
+            self.enqueue_message(channel, message)
+        else:
+            channel.transfers.append((exten, "XML", "default"))  # no dialplan to route it here
+        return f"+OK {uuid}\n"
+
+    # the call on one timeline
+
+    def _bot_track(self, channel: Channel, start: float, count: int, rate: int) -> np.ndarray:
+        """What the caller heard from the switch in [start, start + count/rate), int16 at rate."""
+        out = np.zeros(count, dtype=np.int32)
+        end = start + count / rate
+        for playback in channel.clips:
+            for begin, first, last in playback.spans():
+                length = (last - first) / playback.rate
+                if last <= first or begin >= end or begin + length <= start:
+                    continue
+                audio = playback.at_rate(rate)
+                lo = first * rate // playback.rate
+                hi = min(last * rate // playback.rate, audio.size)
+                _place(out, audio[lo:hi], round((begin - start) * rate))
+        return np.clip(out, -32768, 32767).astype(np.int16)
+
+    def _caller_track(self, channel: Channel, start: float, count: int, rate: int) -> np.ndarray:
+        out = np.zeros(count, dtype=np.int32)
+        for segment in channel.caller_segments:
+            samples = resample(np.frombuffer(segment.data, dtype="<i2"), segment.rate, rate)
+            _place(out, samples, round((segment.start - start) * rate))
+        return np.clip(out, -32768, 32767).astype(np.int16)
+
+    def _call_span(self, uuid: str, rate: int) -> tuple[Channel, int]:
+        channel = self.channels[uuid]
+        end = channel.ended_at if channel.ended_at is not None else self.clock()
+        for segment in channel.caller_segments:
+            end = max(end, segment.end)
+        return channel, max(math.ceil((end - channel.created_at) * rate), 0)
+
+    def played_audio(self, uuid: str, rate: int = 16000) -> np.ndarray:
+        """The bot side alone, from the channel's creation: int16 mono at `rate`."""
+        channel, count = self._call_span(uuid, rate)
+        return self._bot_track(channel, channel.created_at, count, rate)
+
+    def write_call_wav(self, uuid: str, path: str | Path, rate: int = 16000) -> Path:
+        """The whole call as a stereo WAV: left = the caller, right = what the caller heard."""
+        channel, count = self._call_span(uuid, rate)
+        left = self._caller_track(channel, channel.created_at, count, rate)
+        right = self._bot_track(channel, channel.created_at, count, rate)
+        frames = np.column_stack([left, right]).astype("<i2")
+        out = Path(path)
+        with wave.open(str(out), "wb") as wav:
+            wav.setnchannels(2)
+            wav.setsampwidth(2)
+            wav.setframerate(rate)
+            wav.writeframes(frames.tobytes())
+        return out
 
     # mod_audio_fork
 
@@ -897,31 +1334,55 @@ class EslServer:
             self.emit_channel(channel, "CUSTOM", subclass=FORK_DISCONNECT)  # the service hung up
 
     async def _send_audio(self, channel: Channel, fork: Fork) -> None:
-        """The caller's audio, then silence for as long as the call lives, in 20 ms frames."""
-        client = fork.client
-        assert client is not None
-        chunk = fork.rate * 20 // 1000 * 2 * 10  # 200 ms of mono L16 per pacing step
-        offset = 0
+        """The caller's audio, then silence while the call lives: 20 ms frames on the call clock.
+
+        Frames go out on an absolute schedule (start + n x 20 ms), so the caller's audio and
+        the files played to the caller stay aligned however long the call runs.
+        """
+        ws = fork.client.ws if fork.client is not None else None
+        assert ws is not None
+        samples = int(fork.rate * PACKET_SECONDS)
+        frame = samples * 2
+        offset = 0  # caller_audio bytes this fork has sent
+        start = self.clock()
+        count = 0
         try:
             while True:
-                if offset < len(channel.caller_audio):
-                    pcm = channel.caller_audio[offset : offset + chunk]
-                    speed = self.speed  # <= 0: as fast as the socket takes it
+                at = start + count * PACKET_SECONDS
+                take = min(frame, (len(channel.caller_audio) - offset) // 2 * 2)
+                if take > 0:
+                    pcm = channel.caller_audio[offset : offset + take].ljust(frame, b"\0")
+                    self._record_caller(channel, offset, take, at, fork.rate, pcm)
+                    offset += take
                 else:
-                    pcm = bytes(chunk)  # an open line keeps sending frames
-                    speed = self.speed if self.speed > 0 else 1.0  # never flood silence
-                offset += len(pcm)
-                stereo = fork.mix == "stereo"
-                if stereo:
-                    pcm = _with_silent_right(pcm)  # right = what FreeSWITCH plays: nothing
-                if fork.paused:  # mod_audio_fork drops the audio while paused
-                    await asyncio.sleep(len(pcm) / (2 * fork.rate * (2 if stereo else 1)) / speed)
-                    continue
-                options = ForkStreamOptions(rate=fork.rate, frame_ms=20, speed=speed, stereo=stereo)
-                await client.stream(pcm, options)
-                fork.bytes_sent += len(pcm)
+                    pcm = bytes(frame)  # an open line keeps sending frames
+                if fork.mix != "mono":  # mono is the caller only: the bot never hears itself
+                    bot = self._bot_track(channel, at, samples, fork.rate)
+                    pcm = _mix_frame(pcm, bot, fork.mix)
+                if not fork.paused:  # mod_audio_fork drops the audio while paused
+                    await ws.send(pcm)
+                    fork.bytes_sent += len(pcm)
+                count += 1
+                if self._speed > 0:
+                    await self._wait_until(start + count * PACKET_SECONDS)
+                else:  # no clock: caller audio as fast as the socket takes it, never flood silence
+                    await asyncio.sleep(0 if take > 0 else PACKET_SECONDS)
         except ConnectionClosed:
             pass
+
+    def _record_caller(
+        self, channel: Channel, offset: int, take: int, at: float, rate: int, pcm: bytes
+    ) -> None:
+        """Keep caller audio on the call timeline, once even when several forks stream it."""
+        if offset < channel.caller_recorded:
+            return
+        channel.caller_recorded = offset + take
+        segments = channel.caller_segments
+        last = segments[-1] if segments else None
+        if last is not None and last.rate == rate and abs(last.end - at) < 1e-6:
+            last.data += pcm
+        else:
+            segments.append(_CallerSegment(at, rate, bytearray(pcm)))
 
     def _on_fork_message(self, channel: Channel, fork: Fork, message: str | bytes) -> None:
         fork.received.append(message)
@@ -1164,10 +1625,17 @@ class EslServer:
         if packet.body is not None:
             message["_body"] = packet.body
         channel.messages.append(message)
-        self._spawn(self._run_message(channel, message), f"sendmsg-{uuid}")
+        self.enqueue_message(channel, message)
         listener.reply("+OK")
 
-    async def _run_message(self, channel: Channel, message: dict[str, str]) -> None:
+    def enqueue_message(self, channel: Channel, message: dict[str, str]) -> None:
+        """Queue a message on the channel as sendmsg does (the session's private event queue)."""
+        queued_at, flushes = self.clock(), channel.flushes
+        self._spawn(self._run_message(channel, message, queued_at, flushes), "sendmsg")
+
+    async def _run_message(
+        self, channel: Channel, message: dict[str, str], queued_at: float, flushes: int
+    ) -> None:
         """Act on a sendmsg: `execute` runs an app from app_handlers, `hangup` hangs up."""
         command = (_get(message, "call-command") or "").lower()
         if command == "hangup":  # acted on at once, even during a running app
@@ -1178,20 +1646,103 @@ class EslServer:
         app = _get(message, "execute-app-name") or ""
         arg = _get(message, "execute-app-arg") or message.get("_body", "")
         loops = max(_atoi(_get(message, "loops") or "1"), 1)
-        # A channel runs its messages one after another (the event-lock: true behaviour;
-        # without it the real switch nests them, which nobody should rely on).
+        lead = max(_atoi(_get(message, "lead-frames") or "0"), 0) * PACKET_SECONDS
+        app_uuid = _get(message, "Event-UUID")
+        if not _switch_true(_get(message, "event-lock")) and channel.app_lock.locked():
+            # Measured: without event-lock the running app's loop executes the message inside
+            # itself; the file playing now waits, so quick messages are heard in reverse order.
+            outer = channel.media[-1] if channel.media else None
+            if outer is not None and outer.run_start is not None:
+                outer.close_piece(outer.position(self.clock()))
+                outer.wake.set()
+            try:
+                for _ in range(loops):
+                    if channel.hung_up:
+                        return
+                    await self.execute_app(channel, app, arg, app_uuid)
+            finally:
+                if outer is not None and outer.status is None and outer.run_start is None:
+                    outer.run_start = self.clock()
+                    outer.wake.set()
+            return
+        # event-lock (and anything arriving while the channel is idle): strictly in order.
         async with channel.app_lock:
             for _ in range(loops):
-                if channel.hung_up:
+                if channel.hung_up or channel.flushes != flushes:
+                    return  # uuid_break all flushed the queue: no events at all
+                start = self._app_start(channel, queued_at) + lead
+                if lead and (
+                    await self._wait_until(start, channel.gone) or channel.flushes != flushes
+                ):
                     return
-                await self.execute_app(channel, app, arg, _get(message, "Event-UUID"))
+                token = _APP_START.set(start)
+                try:
+                    await self.execute_app(channel, app, arg, app_uuid)
+                finally:
+                    _APP_START.reset(token)
+                if app != "playback":
+                    channel.media_free_at = self.clock()
+
+    def _app_start(self, channel: Channel, queued_at: float) -> float:
+        """Now, or the end of the last file when this message waited behind it (gapless)."""
+        now = self.clock()
+        free = channel.media_free_at
+        slack = GAPLESS_SLACK * max(self._speed, 0.0)
+        if free is not None and queued_at <= free <= now and now - free <= slack:
+            return free
+        return now
 
 
-def _with_silent_right(pcm: bytes) -> bytes:
-    samples = np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype="<i2")
-    stereo = np.zeros(samples.size * 2, dtype="<i2")
-    stereo[0::2] = samples
-    return stereo.tobytes()
+def _loop_time() -> float:
+    # The running loop's clock; outside a loop the same monotonic clock asyncio uses.
+    try:
+        return asyncio.get_running_loop().time()
+    except RuntimeError:
+        return time.monotonic()
+
+
+def _switch_true(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("true", "yes", "on", "1", "enabled", "active", "allow")
+
+
+def _parse_dial_vars(text: str) -> tuple[dict[str, str], str]:
+    """`{a=1,b=2}[c=3]sofia/...` -> ({a, b, c}, `sofia/...`): FreeSWITCH's variable prefixes."""
+    variables: dict[str, str] = {}
+    rest = text.strip()
+    closers = {"{": "}", "[": "]", "<": ">"}
+    while rest[:1] in closers:
+        end = rest.find(closers[rest[0]])
+        if end < 0:
+            break
+        for item in rest[1:end].split(","):
+            name, sep, value = item.partition("=")
+            if sep and name.strip():
+                variables[name.strip()] = value.strip()
+        rest = rest[end + 1 :].lstrip()
+    return variables, rest
+
+
+def _mix_frame(caller: bytes, bot: np.ndarray, mix: str) -> bytes:
+    """A fork frame: `stereo` = L caller, R bot, interleaved; `mixed` = their sum."""
+    left = np.frombuffer(caller, dtype="<i2")
+    if mix == "stereo":
+        stereo = np.empty(left.size * 2, dtype="<i2")
+        stereo[0::2] = left
+        stereo[1::2] = bot[: left.size]
+        return stereo.tobytes()
+    total = left.astype(np.int32) + bot[: left.size]
+    return np.clip(total, -32768, 32767).astype("<i2").tobytes()
+
+
+def _place(out: np.ndarray, samples: np.ndarray, at: int) -> None:
+    """Add `samples` into `out` starting at index `at` (may start before 0 or run past the end)."""
+    lo, hi = max(at, 0), min(at + samples.size, out.size)
+    if lo < hi:
+        out[lo:hi] += samples[lo - at : hi - at]
+
+
+# Where the app a queued message runs starts on the call clock (gapless after the last file).
+_APP_START: ContextVar[float | None] = ContextVar("esl_app_start", default=None)
 
 
 # --- built-in api commands ---------------------------------------------------------------
@@ -1205,6 +1756,18 @@ async def _api_status(server: EslServer, args: str) -> str:
 @api_command("hostname")
 async def _api_hostname(server: EslServer, args: str) -> str:
     return server.hostname
+
+
+@api_command("sched_del")
+async def _api_sched_del(server: EslServer, args: str) -> str:
+    # The dialplan files its "service never took the call" transfer under the call's uuid.
+    group = args.strip()
+    channel = server.channels.get(group)
+    deleted = 0
+    if channel is not None:
+        deleted = len(channel.scheduled)
+        channel.scheduled.clear()
+    return f"+OK Deleted: {deleted}\n"
 
 
 @api_command("uuid_exists")
@@ -1315,7 +1878,77 @@ async def _api_uuid_audio_fork(server: EslServer, args: str) -> str:
     return FORK_FAILED
 
 
+@api_command("uuid_break")
+async def _api_uuid_break(server: EslServer, args: str) -> str:
+    uuid, _, flag = args.strip().partition(" ")
+    if not uuid:
+        return f"-USAGE: {BREAK_SYNTAX}\n"
+    channel = server.live_channel(uuid)
+    if channel is None:
+        return NO_SUCH_CHANNEL
+    server.break_playback(channel, flush="all" in flag)
+    return ""  # mod_commands writes nothing on success: the ESL reply is "-ERR no reply"
+
+
+@api_command("uuid_broadcast")
+async def _api_uuid_broadcast(server: EslServer, args: str) -> str:
+    argv = fs_split(args)
+    if len(argv) < 2:
+        return f"-USAGE: {BROADCAST_SYNTAX}\n"
+    channel = server.live_channel(argv[0])
+    if channel is not None:
+        server.broadcast(channel, argv[1], argv[2] if len(argv) > 2 else "aleg")
+    return "+OK Message Sent\n"  # even for a uuid that matches nothing, like FreeSWITCH
+
+
+@api_command("uuid_transfer")
+async def _api_uuid_transfer(server: EslServer, args: str) -> str:
+    argv = fs_split(args)
+    if not 2 <= len(argv) <= 5:
+        return f"-USAGE: {TRANSFER_SYNTAX}\n"
+    channel = server.live_channel(argv[0])
+    if channel is None:
+        return NO_SUCH_CHANNEL
+    rest = argv[1:]
+    if rest[0].startswith("-"):  # -bleg | -both: this emulator's calls have no B leg
+        rest = rest[1:]
+    if not rest:
+        return f"-USAGE: {TRANSFER_SYNTAX}\n"
+    dialplan = rest[1] if len(rest) > 1 else "XML"
+    context = rest[2] if len(rest) > 2 else "default"
+    server.transfer(channel, rest[0], dialplan, context)
+    return "+OK\n"
+
+
+@api_command("uuid_send_dtmf")
+async def _api_uuid_send_dtmf(server: EslServer, args: str) -> str:
+    argv = fs_split(args)
+    if len(argv) < 2:
+        return f"-USAGE: {SEND_DTMF_SYNTAX}\n"
+    channel = server.live_channel(argv[0])
+    if channel is None:
+        return "-ERR Cannot locate session!\n"
+    channel.dtmf_sent.append(argv[1])
+    return ""  # nothing on success, like uuid_break: the ESL reply is "-ERR no reply"
+
+
+@api_command("originate")
+async def _api_originate(server: EslServer, args: str) -> str:
+    argv = fs_split(args)
+    if not 2 <= len(argv) <= 7:
+        return f"-USAGE: {ORIGINATE_SYNTAX}\n"
+    # [dialplan] [context] [cid_name] [cid_num] [timeout]; `undef` skips one.
+    extra: list[str | None] = [None if a.lower() == "undef" else a for a in argv[2:]]
+    extra += [None] * (5 - len(extra))
+    return await server.originate(argv[0], argv[1], cid_name=extra[2], cid_num=extra[3])
+
+
 # --- built-in dialplan applications ------------------------------------------------------
+
+
+@app_command("playback")
+async def _app_playback(server: EslServer, channel: Channel, arg: str) -> str | None:
+    return await server.play_file(channel, arg.strip())
 
 
 @app_command("answer")
