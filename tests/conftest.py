@@ -73,7 +73,7 @@ def service_factory(tmp_path: Path, stt: WhisperSTT) -> Iterator[Any]:
     """Starts the real app under uvicorn on a free port, in a thread, per test."""
     servers: list[tuple[uvicorn.Server, threading.Thread]] = []
 
-    def start(**overrides: Any) -> RunningService:
+    def start(*, tts_engine: Any = None, **overrides: Any) -> RunningService:
         port = free_port()
         values: dict[str, Any] = {
             "port": port,
@@ -82,7 +82,7 @@ def service_factory(tmp_path: Path, stt: WhisperSTT) -> Iterator[Any]:
         }
         values.update(overrides)
         settings = Settings(**values)
-        app = create_app(settings, stt=stt)
+        app = create_app(settings, stt=stt, tts=tts_engine)
         config = uvicorn.Config(
             app, host="127.0.0.1", port=port, log_level="warning", ws_max_size=1024 * 1024
         )

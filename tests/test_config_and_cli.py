@@ -6,6 +6,7 @@ import logging
 import os
 import subprocess
 import sys
+import wave
 from pathlib import Path
 
 import httpx
@@ -101,6 +102,40 @@ def test_simulate_prints_the_transcripts_of_a_call(service: RunningService, spee
     assert KEYWORDS["callback"] <= words(lines[1])
     assert "call ended" in result.stdout
     assert len(service.wait_for_call("sim-1")["turns"]) == 2
+
+
+def test_simulate_plays_freeswitch_and_writes_the_whole_call(
+    service_factory, speech: Speech, tmp_path: Path
+) -> None:
+    from tests.conftest import free_port
+    from voiceai.sim.ollama_server import OllamaEmulator
+
+    esl_port = free_port()
+    with OllamaEmulator(reply=lambda m: "Sure, a table for two at seven. See you tomorrow!") as llm:
+        service = service_factory(
+            esl_port=esl_port, esl_password="sim-pw", llm="ollama", ollama_url=llm.url, tts="piper"
+        )
+        out = tmp_path / "call.wav"
+        env = {"VOICEAI_ESL_PORT": str(esl_port), "VOICEAI_ESL_PASSWORD": "sim-pw"}
+        result = voiceai(
+            "simulate",
+            str(speech["booking"]),
+            "--url",
+            service.http,
+            "--rate",
+            "8k",
+            "--out",
+            str(out),
+            env=env,
+        )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("bot: Hello, thank you for calling") for line in lines)
+    assert any(line.startswith("bot: Sure, a table for two") for line in lines)
+    assert any("after the caller's last word" in line and "playing" in line for line in lines)
+    with wave.open(str(out)) as recording:
+        assert recording.getnchannels() == 2
+        assert recording.getnframes() / recording.getframerate() > 5
 
 
 def test_simulate_says_so_when_the_service_is_down(speech: Speech) -> None:

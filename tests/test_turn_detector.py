@@ -105,3 +105,18 @@ def test_wrong_frame_size_is_refused() -> None:
     detector = TurnDetector(8000, 20)
     with pytest.raises(ValueError, match="320 bytes"):
         detector.push(b"\0" * 318)
+
+
+@pytest.mark.parametrize(("spoken_s", "longer_than_300ms"), [(0.22, False), (0.5, True)])
+def test_speech_duration_ignores_the_vad_hangover(
+    sentence: np.ndarray, spoken_s: float, longer_than_300ms: bool
+) -> None:
+    detector = TurnDetector(RATE, 20, TurnConfig(min_speech_ms=100))
+    clip = sentence[: int(spoken_s * RATE)]
+    longest = 0
+    pcm = line(0.5, clip, 1.0).astype("<i2").tobytes()
+    for i in range(0, len(pcm) - detector.frame_bytes + 1, detector.frame_bytes):
+        detector.push(pcm[i : i + detector.frame_bytes])
+        longest = max(longest, detector.turn_voiced_ms)
+    assert (longest >= 300) is longer_than_300ms, longest
+    assert longest <= spoken_s * 1000 + 40

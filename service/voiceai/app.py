@@ -12,13 +12,32 @@ from fastapi import FastAPI
 from voiceai import __version__
 from voiceai.api import fork, live, routes
 from voiceai.api.deps import Services
-from voiceai.call import CallRegistry
+from voiceai.audio.turns import TurnConfig
+from voiceai.call import CallPolicy, CallRegistry, Engines
 from voiceai.config import Settings
+from voiceai.engines.llm import LanguageModel, build_llm
 from voiceai.engines.stt import SpeechToText, WhisperSTT
+from voiceai.engines.tts import SpeechSynthesizer, build_tts
 from voiceai.events import EventBus
+from voiceai.prompts import PromptCache
 from voiceai.store import CallStore, record_events
+from voiceai.telephony.esl import EslClient, EslEvent
 
 log = logging.getLogger(__name__)
+
+# What the service listens to on the event socket; plain names first, then CUSTOM subclasses.
+ESL_EVENTS = (
+    "CHANNEL_ANSWER",
+    "CHANNEL_HANGUP_COMPLETE",
+    "PLAYBACK_START",
+    "PLAYBACK_STOP",
+    "DTMF",
+)
+ESL_CUSTOM = (
+    "mod_audio_fork::connect",
+    "mod_audio_fork::connect_failed",
+    "mod_audio_fork::disconnect",
+)
 
 
 async def load_stt(settings: Settings) -> SpeechToText:
@@ -37,27 +56,67 @@ async def load_stt(settings: Settings) -> SpeechToText:
     return stt
 
 
-def create_app(settings: Settings, *, stt: SpeechToText | None = None) -> FastAPI:
-    """`stt` may be given to share one loaded model between apps (tests, benchmarks)."""
+def call_policy(settings: Settings) -> CallPolicy:
+    return CallPolicy(
+        turn=TurnConfig(
+            vad_aggressiveness=settings.vad_aggressiveness,
+            min_speech_ms=settings.min_speech_ms,
+            end_of_turn_ms=settings.end_of_turn_ms,
+            max_utterance_ms=settings.max_utterance_ms,
+            pre_roll_ms=settings.pre_roll_ms,
+        ),
+        barge_in_min_ms=settings.barge_in_min_ms,
+        system_prompt=settings.prompt(),
+        greeting=settings.greeting,
+        apology=settings.apology,
+        fallback_number=settings.fallback_number,
+        transfer_digit=settings.transfer_digit,
+        media_dir=settings.media_dir,
+    )
+
+
+def create_app(
+    settings: Settings,
+    *,
+    stt: SpeechToText | None = None,
+    llm: LanguageModel | None = None,
+    tts: SpeechSynthesizer | None = None,
+) -> FastAPI:
+    """Engines may be given to share loaded models between apps (tests, benchmarks)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.media_dir.mkdir(parents=True, exist_ok=True)
         store = CallStore(settings.database_url)
-        engine = stt or await load_stt(settings)
         bus = EventBus()
-        app.state.services = Services(settings, bus, store, engine, CallRegistry())
+        calls = CallRegistry()
+        stt_engine = stt or await load_stt(settings)
+        esl = _event_socket(settings, calls, bus)
+        tts_engine = tts or build_tts(settings)
+        # Without FreeSWITCH's event socket the bot cannot speak: don't load a model for nothing.
+        llm_engine = llm or (await build_llm(settings) if esl is not None else None)
+        warm_up = asyncio.create_task(_warm_up(llm_engine))
+        prompts = PromptCache(tts_engine, settings.media_dir / "prompts")
+        engines = Engines(stt_engine, llm_engine, tts_engine, esl, prompts, bus)
+        app.state.services = Services(settings, bus, store, engines, call_policy(settings), calls)
         recorder = asyncio.create_task(record_events(bus, store), name="recorder")
+        if esl is not None:
+            await esl.start()
         try:
             yield
         finally:
-            for call in app.state.services.calls.all():
+            for call in calls.all():
                 await call.abort("service stopped")
+            warm_up.cancel()
+            if esl is not None:
+                await esl.stop()
             recorder.cancel()  # it writes what is still queued before it stops
-            await asyncio.gather(recorder, return_exceptions=True)
+            await asyncio.gather(recorder, warm_up, return_exceptions=True)
             await store.aclose()
             if stt is None:
-                await engine.aclose()
+                await stt_engine.aclose()
+            if llm is None and llm_engine is not None:
+                await llm_engine.aclose()
 
     app = FastAPI(title="voiceai", version=__version__, lifespan=lifespan)
     app.include_router(routes.router)
@@ -65,3 +124,49 @@ def create_app(settings: Settings, *, stt: SpeechToText | None = None) -> FastAP
     app.include_router(fork.router)
     app.include_router(live.router)
     return app
+
+
+async def _warm_up(llm: LanguageModel | None) -> None:
+    """Load the model before the first caller needs it (cold starts are a peer complaint)."""
+    if llm is None:
+        return
+    try:
+        await llm.warm_up()
+        log.info("LLM %s is warm", llm.name)
+    except Exception as exc:
+        log.warning("LLM %s warm-up failed: %s", llm.name, exc)
+
+
+def _event_socket(settings: Settings, calls: CallRegistry, bus: EventBus) -> EslClient | None:
+    password = settings.esl_password.get_secret_value()
+    if not password:
+        log.warning("no VOICEAI_ESL_PASSWORD: calls are transcribed but the bot cannot speak")
+        return None
+    esl = EslClient(
+        settings.esl_host,
+        settings.esl_port,
+        password,
+        events=ESL_EVENTS,
+        custom=ESL_CUSTOM,
+        reconnect_max_s=3.0,  # a restarted FreeSWITCH is back in seconds; callers can't wait
+    )
+
+    async def route(event: EslEvent) -> None:
+        # Events are routed by the JSON body's Unique-ID only (caller data cannot forge it).
+        call = calls.get(event.uuid or "")
+        if call is not None:
+            call.on_esl_event(event)
+        elif event.name == "CHANNEL_HANGUP_COMPLETE" and event.uuid:
+            bus.publish("call.hangup", event.uuid, cause=event.headers.get("Hangup-Cause"))
+        elif event.subclass == "mod_audio_fork::connect_failed":
+            log.error("FreeSWITCH could not connect the fork of %s: %s", event.uuid, event.body)
+
+    def state_changed(state: str) -> None:
+        log.info("FreeSWITCH event socket %s", state)
+        if state == "disconnected":
+            for call in calls.all():
+                call.on_esl_lost()
+
+    esl.on_event(route)
+    esl.on_state(state_changed)
+    return esl

@@ -67,6 +67,63 @@ class Settings(BaseSettings):
         300, ge=0, le=2000, description="Audio kept before speech start, so no syllable is lost."
     )
 
+    # Dialog and LLM
+    llm: Literal["ollama", "embedded", "auto"] = Field(
+        "auto", description="ollama, embedded (llama.cpp), or auto: Ollama when it answers."
+    )
+    ollama_url: str = Field("http://127.0.0.1:11434", description="Ollama server URL.")
+    ollama_model: str = Field("llama3.2:3b", description="Ollama model name.")
+    ollama_keep_alive: str = Field("30m", description="How long Ollama keeps the model loaded.")
+    embedded_model: str = Field(
+        "auto", description="GGUF file for the embedded engine; auto = the packaged SmolLM2."
+    )
+    llm_timeout_s: float = Field(
+        8.0, gt=0, le=120, description="Longest wait for the LLM's first token."
+    )
+    llm_max_tokens: int = Field(200, ge=16, le=4096, description="Longest reply, in tokens.")
+    system_prompt: str = Field(
+        "You are a friendly, concise phone receptionist. Answer in one or two short sentences, "
+        "in the caller's language. Never use lists, markdown or emoji: your words are spoken.",
+        description="System prompt of every call.",
+    )
+    system_prompt_file: Path | None = Field(
+        None, description="A file whose text replaces VOICEAI_SYSTEM_PROMPT."
+    )
+    greeting: str = Field(
+        "Hello, thank you for calling. How can I help you?",
+        description="Spoken when a call is answered; empty = none.",
+    )
+    apology: str = Field(
+        "I'm sorry, I'm having trouble right now.",
+        description="Spoken when the LLM fails, before the transfer or the polite end.",
+    )
+    fallback_number: str = Field(
+        "", description="Number or extension a failing or DTMF-requested call is sent to."
+    )
+    transfer_digit: str = Field(
+        "0",
+        pattern=r"^[0-9*#]?$",
+        description="DTMF digit that transfers to a person; empty = off.",
+    )
+
+    # Speech synthesis
+    tts: Literal["edge", "piper", "espeak", "auto"] = Field(
+        "auto", description="First TTS engine tried; the offline ones follow it as fallbacks."
+    )
+    tts_voice: str = Field(
+        "",
+        description="Voices by language, e.g. `en:en-US-GuyNeural,ru:ru-RU-DmitryNeural`; "
+        "empty = built-in defaults.",
+    )
+    tts_timeout_s: float = Field(
+        3.0, gt=0, le=60, description="Longest edge-tts may take before the fallback speaks."
+    )
+
+    # Turn-taking
+    barge_in_min_ms: int = Field(
+        300, ge=0, le=3000, description="Caller speech that interrupts the bot; shorter is ignored."
+    )
+
     # Storage
     media_dir: Path = Field(Path("data/media"), description="Folder shared with FreeSWITCH.")
     database_url: str = Field(
@@ -80,10 +137,23 @@ class Settings(BaseSettings):
             raise ValueError("must name a model, a path, or auto")
         return value.strip()
 
-    @field_validator("stt_language", "stt_device", "log_level", mode="before")
+    @field_validator("stt_language", "stt_device", "log_level", "llm", "tts", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
+
+    def prompt(self) -> str:
+        """The system prompt: the file's text when one is set, else the setting."""
+        if self.system_prompt_file is not None:
+            return self.system_prompt_file.read_text(encoding="utf-8").strip()
+        return self.system_prompt
+
+    @field_validator("system_prompt_file")
+    @classmethod
+    def _prompt_file_readable(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
 
     def secret_values(self) -> list[str]:
         """Every secret that is set, so logs and errors can be scrubbed of them."""

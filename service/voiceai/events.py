@@ -19,6 +19,14 @@ SPEECH_STARTED = "speech.started"
 TRANSCRIPT_FINAL = "transcript.final"
 FORK_TEXT = "fork.text"
 CALL_ERROR = "call.error"
+CALL_HANGUP = "call.hangup"
+CALL_STATE = "call.state"
+CALL_TRANSFERRED = "call.transferred"
+REPLY_DELTA = "reply.delta"
+BOT_SAID = "bot.said"
+BARGE_IN = "barge_in"
+TURN_LATENCY = "turn.latency"
+DTMF = "dtmf"
 
 
 class Event(BaseModel):

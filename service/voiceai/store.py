@@ -37,6 +37,9 @@ class CallRow(Base):
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     end_reason: Mapped[str | None] = mapped_column(String(64))
+    hangup_cause: Mapped[str | None] = mapped_column(String(64))
+    transferred_to: Mapped[str | None] = mapped_column(String(64))
+    errors: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     turns: Mapped[list[TurnRow]] = relationship(order_by="TurnRow.id", cascade="all, delete-orphan")
 
 
@@ -93,6 +96,8 @@ class CallStore:
                 row.started_at = _at(event)
                 row.ended_at = None
                 row.end_reason = None
+                row.hangup_cause = None
+                row.errors = []
                 db.add(row)
             elif event.type == events.TRANSCRIPT_FINAL:
                 db.add(
@@ -103,16 +108,38 @@ class CallStore:
                         language=data.get("language"),
                         start_ms=data.get("start_ms"),
                         end_ms=data.get("end_ms"),
-                        timings={"stt_ms": data.get("stt_ms")},
+                        timings={
+                            "stt_ms": data.get("stt_ms"),
+                            "backchannel": data.get("backchannel", False),
+                        },
                         created_at=_at(event),
                     )
                 )
+            elif event.type == events.BOT_SAID:
+                db.add(
+                    TurnRow(
+                        call_id=event.call_id,
+                        speaker="bot",
+                        text=data.get("text", ""),
+                        language=None,
+                        timings={**data.get("timings", {}), "interrupted": data.get("interrupted")},
+                        created_at=_at(event),
+                    )
+                )
+            elif (row := db.get(CallRow, event.call_id)) is None:
+                return
             elif event.type == events.CALL_ENDED:
-                row = db.get(CallRow, event.call_id)
-                if row is not None:
-                    row.status = "ended"
-                    row.ended_at = _at(event)
-                    row.end_reason = data.get("reason")
+                row.status = "ended"
+                row.ended_at = _at(event)
+                row.end_reason = data.get("reason")
+                row.hangup_cause = data.get("hangup_cause") or row.hangup_cause
+            elif event.type == events.CALL_HANGUP:
+                row.hangup_cause = data.get("cause")
+            elif event.type == events.CALL_TRANSFERRED:
+                row.transferred_to = data.get("to")
+            elif event.type == events.CALL_ERROR:
+                error = {"kind": data.get("kind"), "message": data.get("message"), "at": event.at}
+                row.errors = [*row.errors, error]
 
     def _get_call(self, call_id: str) -> dict[str, Any] | None:
         with Session(self._engine) as db:
@@ -131,6 +158,9 @@ class CallStore:
                 "started_at": row.started_at.isoformat() if row.started_at else None,
                 "ended_at": row.ended_at.isoformat() if row.ended_at else None,
                 "end_reason": row.end_reason,
+                "hangup_cause": row.hangup_cause,
+                "transferred_to": row.transferred_to,
+                "errors": row.errors,
                 "turns": [
                     {
                         "speaker": t.speaker,
@@ -150,7 +180,15 @@ class CallStore:
         self._engine.dispose()
 
 
-RECORDED = {events.CALL_STARTED, events.TRANSCRIPT_FINAL, events.CALL_ENDED}
+RECORDED = {
+    events.CALL_STARTED,
+    events.TRANSCRIPT_FINAL,
+    events.BOT_SAID,
+    events.CALL_ENDED,
+    events.CALL_HANGUP,
+    events.CALL_TRANSFERRED,
+    events.CALL_ERROR,
+}
 
 
 async def record_events(bus: EventBus, store: CallStore) -> None:

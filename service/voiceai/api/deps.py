@@ -7,19 +7,21 @@ from dataclasses import dataclass
 
 from fastapi import HTTPException, Request, WebSocket, status
 
-from voiceai.call import CallRegistry
+from voiceai.call import CallPolicy, CallRegistry, Engines
 from voiceai.config import Settings
-from voiceai.engines.stt import SpeechToText
 from voiceai.events import EventBus
 from voiceai.store import CallStore
 
 
 @dataclass
 class Services:
+    """The app's lifespan objects; nothing else is shared between requests."""
+
     settings: Settings
     bus: EventBus
     store: CallStore
-    stt: SpeechToText
+    engines: Engines
+    policy: CallPolicy
     calls: CallRegistry
 
 

@@ -10,7 +10,6 @@ from starlette.responses import PlainTextResponse
 
 from voiceai import events
 from voiceai.api.deps import services
-from voiceai.audio.turns import TurnConfig
 from voiceai.call import CallSession
 from voiceai.telephony.fork import (
     CALL_ID,
@@ -74,15 +73,8 @@ async def fork(ws: WebSocket, call_id: str) -> None:
             rate=rate,
             channels=channels,
             language=language,
-            stt=svc.stt,
-            bus=svc.bus,
-            turn_config=TurnConfig(
-                vad_aggressiveness=settings.vad_aggressiveness,
-                min_speech_ms=settings.min_speech_ms,
-                end_of_turn_ms=settings.end_of_turn_ms,
-                max_utterance_ms=settings.max_utterance_ms,
-                pre_roll_ms=settings.pre_roll_ms,
-            ),
+            engines=svc.engines,
+            policy=svc.policy,
         )
         svc.calls.add(call)
         svc.bus.publish(
@@ -104,6 +96,7 @@ async def fork(ws: WebSocket, call_id: str) -> None:
             channels,
             meta.caller,
         )
+        call.greet()
         if isinstance(first, Audio):
             call.feed(first.data)
         async for message in messages:

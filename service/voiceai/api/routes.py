@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import JSONResponse
 
 from voiceai.api.deps import require_token, services
 
@@ -18,9 +19,20 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-async def readyz(request: Request) -> dict[str, Any]:
+async def readyz(request: Request) -> JSONResponse:
+    """Ready when calls can be answered: engines loaded and FreeSWITCH's event socket up."""
     svc = services(request)
-    return {"status": "ready", "active_calls": len(svc.calls), "stt": "loaded"}
+    esl = svc.engines.esl
+    esl_state = "disabled" if esl is None else esl.state
+    ready = esl is None or esl.connected
+    body = {
+        "status": "ready" if ready else "not ready",
+        "esl": esl_state,
+        "esl_error": None if esl is None else esl.last_error,
+        "llm": svc.engines.llm.name if svc.engines.llm else None,
+        "active_calls": len(svc.calls),
+    }
+    return JSONResponse(body, status_code=200 if ready else 503)
 
 
 @api.get("/calls/{call_id}")

@@ -14,11 +14,26 @@ from voiceai.audio.pcm import SAMPLE_WIDTH, to_samples
 VAD_RATES = (8000, 16000, 32000, 48000)
 VAD_FRAME_MS = (10, 20, 30)
 TAIL_MS = 200  # silence kept after the last voiced frame; Whisper ends words better with it
+# webrtcvad keeps saying "voiced" for ~120 ms after speech stops; frames this far below the
+# turn's loudest one are that hangover (or line noise), not speech, when timing the caller.
+SPEECH_FLOOR_DB = 30.0
 
 
 @dataclass(frozen=True)
 class SpeechStarted:
     at_ms: int
+
+
+@dataclass(frozen=True)
+class SpeechPaused:
+    """The caller has been silent `pause_ms` within a turn: a chance to transcribe early.
+
+    If the turn then ends with no new speech, its audio is exactly this audio.
+    """
+
+    audio: np.ndarray
+    start_ms: int
+    end_ms: int
 
 
 @dataclass(frozen=True)
@@ -29,7 +44,7 @@ class TurnEnded:
     reason: Literal["silence", "max_length", "end_of_stream"]
 
 
-TurnEvent = SpeechStarted | TurnEnded
+TurnEvent = SpeechStarted | SpeechPaused | TurnEnded
 
 
 @dataclass(frozen=True)
@@ -39,6 +54,9 @@ class TurnConfig:
     end_of_turn_ms: int = 600
     max_utterance_ms: int = 20000
     pre_roll_ms: int = 300
+    pause_ms: int = (
+        TAIL_MS  # silence after which a turn's audio so far is final unless speech resumes
+    )
 
 
 class TurnDetector:
@@ -73,10 +91,27 @@ class TurnDetector:
         self._last_voiced_end_ms = 0
         self._last_voiced_index = 0
         self._silence_ms = 0
+        self._voiced_ms = 0
+        self._peak_level = 0.0
 
     @property
     def in_turn(self) -> bool:
         return self._in_turn
+
+    @property
+    def turn_voiced_ms(self) -> int:
+        """How long the caller has really spoken in this turn (0 outside a turn).
+
+        Counts voiced frames within SPEECH_FLOOR_DB of the turn's loudest frame, so the VAD's
+        hangover after a short "mhm" does not make it look longer than it was.
+        """
+        return self._voiced_ms if self._in_turn else 0
+
+    def _count_speech(self, frame: bytes) -> None:
+        level = float(np.sqrt(np.mean(to_samples(frame).astype(np.float64) ** 2)))
+        self._peak_level = max(self._peak_level, level)
+        if level > 0 and level >= self._peak_level * 10 ** (-SPEECH_FLOOR_DB / 20):
+            self._voiced_ms += self.frame_ms
 
     @property
     def position_ms(self) -> int:
@@ -115,6 +150,11 @@ class TurnDetector:
             self._position_ms - (len(frames) - 1 - last_voiced) * self.frame_ms
         )
         self._silence_ms = (len(frames) - 1 - last_voiced) * self.frame_ms
+        self._voiced_ms = 0
+        self._peak_level = 0.0
+        for frame, v in frames[keep_from:]:
+            if v:
+                self._count_speech(frame)
         self._in_turn = True
         self._before.clear()
         return [SpeechStarted(at_ms=self._turn_start_ms)]
@@ -123,12 +163,16 @@ class TurnDetector:
         self._turn.append(frame)
         if voiced:
             self._silence_ms = 0
+            self._count_speech(frame)
             self._last_voiced_end_ms = self._position_ms
             self._last_voiced_index = len(self._turn) - 1
         else:
             self._silence_ms += self.frame_ms
         if self._silence_ms >= self.config.end_of_turn_ms:
             return [self._end_turn("silence")]
+        if self._silence_ms == self.config.pause_ms:
+            audio = to_samples(b"".join(self._kept_frames())).copy()
+            return [SpeechPaused(audio, self._turn_start_ms, self._last_voiced_end_ms)]
         if self._position_ms - self._turn_start_ms >= self.config.max_utterance_ms:
             ended = self._end_turn("max_length")
             # The caller is still talking: the next turn starts right here, without pre-roll.
@@ -139,12 +183,16 @@ class TurnDetector:
         return []
 
     def _end_turn(self, reason: Literal["silence", "max_length", "end_of_stream"]) -> TurnEnded:
-        tail_frames = TAIL_MS // self.frame_ms
-        keep = self._turn[: self._last_voiced_index + 1 + tail_frames]
-        audio = to_samples(b"".join(keep)).copy()
+        audio = to_samples(b"".join(self._kept_frames())).copy()
         ended = TurnEnded(audio, self._turn_start_ms, self._last_voiced_end_ms, reason)
         self._in_turn = False
         self._turn = []
         self._silence_ms = 0
+        self._voiced_ms = 0
         self._last_voiced_index = 0
         return ended
+
+    def _kept_frames(self) -> list[bytes]:
+        """The turn's frames up to the last voiced one, plus a short silent tail."""
+        tail_frames = TAIL_MS // self.frame_ms
+        return self._turn[: self._last_voiced_index + 1 + tail_frames]

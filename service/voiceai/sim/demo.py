@@ -1,74 +1,84 @@
-"""`just demo`: start the service on embedded defaults, place a simulated call, print it."""
+"""`just demo`: a whole conversation on embedded defaults, no phone line needed.
+
+This process plays FreeSWITCH (event socket + mod_audio_fork) and the caller; the service
+runs as it would in production, in its own process, on the packaged models.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import os
-import subprocess
+import secrets
+import socket
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import httpx
-
+from voiceai.audio.pcm import decode_file
+from voiceai.config import load_settings
+from voiceai.sim.esl_server import EslServer
+from voiceai.sim.fork_client import CallAudio
+from voiceai.sim.simulate import simulate_call
 from voiceai.sim.voices import synthesize_caller
 
 CALLER_LINES = [
     "Hello, I would like to book a table for two people tomorrow evening.",
-    "Could you also tell me what time you open on Sunday?",
+    "Do you have anything available around seven?",
 ]
+RATE = 8000  # PCMU, what a RingCentral call carries
 
 
-def wait_healthy(url: str, server: subprocess.Popen[bytes], limit_s: float = 120) -> None:
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"the service exited at start (code {server.returncode})")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit("the service did not become healthy in time")
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
-def main() -> int:
-    port = os.environ.get("VOICEAI_DEMO_PORT", "8089")
-    url = f"http://127.0.0.1:{port}"
+async def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="voiceai-demo-"))
+    port = os.environ.get("VOICEAI_DEMO_PORT") or str(free_port())
+    password = secrets.token_urlsafe(12)
+    switch = EslServer(password)
+    await switch.start()
     env = dict(
         os.environ,
-        VOICEAI_PORT=port,
         VOICEAI_HOST="127.0.0.1",
+        VOICEAI_PORT=port,
+        VOICEAI_ESL_HOST="127.0.0.1",
+        VOICEAI_ESL_PORT=str(switch.port),
+        VOICEAI_ESL_PASSWORD=password,
         VOICEAI_DATABASE_URL=f"sqlite:///{work}/calls.db",
         VOICEAI_MEDIA_DIR=str(work / "media"),
+        VOICEAI_LOG_LEVEL=os.environ.get("VOICEAI_LOG_LEVEL", "warning"),
     )
-    print(f"caller audio: {', '.join(repr(line) for line in CALLER_LINES)}")
+    print("the caller will say:", *(f"  {line!r}" for line in CALLER_LINES), sep="\n")
     wavs = [
         synthesize_caller(line, work / f"caller-{i}.wav") for i, line in enumerate(CALLER_LINES)
     ]
-    server = subprocess.Popen([sys.executable, "-m", "voiceai", "serve"], env=env)
+    audio = CallAudio([decode_file(wav, RATE) for wav in wavs])
+    print("starting the service (loading speech, language and voice models)...", flush=True)
+    server = await asyncio.create_subprocess_exec(sys.executable, "-m", "voiceai", "serve", env=env)
     try:
-        wait_healthy(url, server)
-        return subprocess.call(
-            [
-                sys.executable,
-                "-m",
-                "voiceai",
-                "simulate",
-                *map(str, wavs),
-                "--url",
-                url,
-                "--rate",
-                "8k",
-            ],
-            env=env,
+        os.environ.update({k: v for k, v in env.items() if k.startswith("VOICEAI_")})
+        settings = load_settings()
+        http = f"http://127.0.0.1:{port}"
+        return await simulate_call(
+            settings,
+            http,
+            f"ws://127.0.0.1:{port}",
+            audio,
+            RATE,
+            None,
+            work / "call.wav",
+            switch,
+            ready_limit_s=600,  # the first start compiles nothing but loads three models
         )
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        if server.returncode is None:
+            server.terminate()
+            await asyncio.wait_for(server.wait(), 30)
+        await switch.stop()
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(asyncio.run(main()))
