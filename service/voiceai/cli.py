@@ -29,8 +29,17 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--speed", type=float, default=1.0, help="1 = real time, 0 = flat out")
     sim.add_argument("--call-id", help="call id (default: a new uuid)")
     sim.add_argument("--gap-ms", type=int, default=1500, help="silence after each file")
+    sim.add_argument("--out", type=Path, help="write the whole call (caller + bot) to this WAV")
+
+    fs = commands.add_parser("check-freeswitch", help="check a FreeSWITCH config overlay")
+    fs.add_argument("directory", type=Path, help="the overlay, e.g. freeswitch/conf")
+    fs.add_argument("--env-file", type=Path, help="also check the values FreeSWITCH reads (.env)")
 
     args = parser.parse_args(argv)
+    if args.command == "check-freeswitch":  # needs no service settings
+        from voiceai.telephony.fs_config import run
+
+        return run(args.directory, args.env_file)
     try:
         settings = load_settings()
     except SettingsError as exc:
