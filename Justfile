@@ -14,8 +14,11 @@ setup:
     set -euo pipefail
     python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
         || { echo "voiceai needs Python 3.11 or newer (python3 is $(python3 -V))" >&2; exit 1; }
-    apt_packages=(espeak-ng)
+    # espeak-ng: TTS fallback and test voices; cmake + g++: llama-cpp-python builds from source.
+    apt_packages=(espeak-ng cmake g++ make)
     python3 -c 'import ensurepip' 2>/dev/null || apt_packages+=(python3-venv)
+    python3 -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+        || apt_packages+=(python3-dev)
     missing=()
     for package in "${apt_packages[@]}"; do
         dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
@@ -51,3 +54,17 @@ test: setup
 bench: setup
     HF_HUB_OFFLINE=1 {{bin}}/python bench/stt_speed.py
     HF_HUB_OFFLINE=1 {{bin}}/python bench/ingest_cost.py
+    HF_HUB_OFFLINE=1 {{bin}}/python bench/turn_latency.py
+
+# Containers: check freeswitch/conf and .env, then build and start FreeSWITCH, the service, Ollama.
+up:
+    PYTHONPATH=service python3 -m voiceai.telephony.fs_config freeswitch/conf --env-file .env
+    docker compose up -d --build
+
+# Stop the containers (the volumes stay).
+down:
+    docker compose down
+
+# Follow the containers' output.
+logs:
+    docker compose logs -f --tail=200
