@@ -225,7 +225,7 @@ class CallSession:
             self.state = CallState.THINKING
             self._reply = self._spawn(self._answer(timing))
 
-    def _can_speak(self) -> bool:
+    def _can_speak(self, *, report: bool = True) -> bool:
         esl = self._engines.esl
         ready = (
             esl is not None
@@ -233,7 +233,7 @@ class CallSession:
             and self._engines.llm is not None
             and self._engines.tts is not None
         )
-        if not ready and not self._said_cannot_speak:
+        if not ready and report and not self._said_cannot_speak:
             self._said_cannot_speak = True
             why = (
                 "FreeSWITCH event socket not connected"
@@ -340,13 +340,16 @@ class CallSession:
 
     # -- greeting ------------------------------------------------------------------------------
 
-    def greet(self) -> None:
-        """The call is answered and its audio is flowing: take it, and say hello once."""
-        if self._can_speak():
+    def start(self) -> None:
+        """The call is answered and its audio is flowing: take it, and say hello once.
+
+        The state is set quietly: `call.started` (published next) carries it.
+        """
+        if self._can_speak(report=False):  # reported at the first turn, once the call exists
             self._spawn(self._take_call())
-        if self._policy.greeting and self._can_speak():
-            self.state = CallState.SPEAKING
-            self._reply = self._spawn(self._greet())
+            if self._policy.greeting:
+                self._state = CallState.SPEAKING
+                self._reply = self._spawn(self._greet())
 
     async def _take_call(self) -> None:
         """Cancel the dialplan's fallback (apology + transfer) now that the bot has the call."""
@@ -441,9 +444,10 @@ class CallSession:
     def on_esl_event(self, event: EslEvent) -> None:
         if event.name == "PLAYBACK_START" and self._playback is not None:
             self._playback.on_start(event.headers.get("Playback-File-Path", ""))
-            if self._reply_timing is not None:
-                self._reply_timing.mark("playback_started")
-                self._bus.publish(events.TURN_LATENCY, self.call_id, **self._reply_timing.as_ms())
+            timing = self._reply_timing
+            if timing is not None and "playback_started" not in timing.stages:
+                timing.mark("playback_started")
+                self._bus.publish(events.TURN_LATENCY, self.call_id, **timing.as_ms())
         elif event.name == "PLAYBACK_STOP" and self._playback is not None:
             self._playback.on_stop(
                 event.headers.get("Playback-File-Path", ""),

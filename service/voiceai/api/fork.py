@@ -77,6 +77,7 @@ async def fork(ws: WebSocket, call_id: str) -> None:
             policy=svc.policy,
         )
         svc.calls.add(call)
+        call.start()
         svc.bus.publish(
             events.CALL_STARTED,
             call_id,
@@ -88,6 +89,7 @@ async def fork(ws: WebSocket, call_id: str) -> None:
             sample_rate=rate,
             channels=channels,
             metadata=meta.extra,
+            state=str(call.state),
         )
         log.info(
             "call %s: fork connected (%d Hz, %d ch, caller %s)",
@@ -96,7 +98,6 @@ async def fork(ws: WebSocket, call_id: str) -> None:
             channels,
             meta.caller,
         )
-        call.greet()
         if isinstance(first, Audio):
             call.feed(first.data)
         async for message in messages:

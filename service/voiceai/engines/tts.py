@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import re
+import time
 import unicodedata
 import wave
 from collections.abc import Sequence
@@ -333,16 +334,23 @@ class EspeakTTS:
 # --- the chain ----------------------------------------------------------------------------
 
 
+FAILED_ENGINE_REST_S = 60.0  # a failed engine is tried again after this
+
+
 class FallbackTTS:
     """Tries engines in order, skipping those that don't speak the language; first audio wins."""
 
     name = "fallback"
 
-    def __init__(self, engines: Sequence[SpeechSynthesizer]) -> None:
+    def __init__(
+        self, engines: Sequence[SpeechSynthesizer], *, cooldown_s: float = FAILED_ENGINE_REST_S
+    ) -> None:
         if not engines:
             raise ValueError("FallbackTTS needs at least one engine")
         self.engines = list(engines)
         self.timeout_s = sum(e.timeout_s + BACKSTOP_S for e in self.engines)
+        self.cooldown_s = cooldown_s
+        self._resting: dict[str, tuple[float, str]] = {}  # engine → (until, why it failed)
 
     def speaks(self, language: str) -> bool:
         return any(engine.speaks(language) for engine in self.engines)
@@ -357,8 +365,14 @@ class FallbackTTS:
         if not words:
             raise TTSError(f"nothing speakable in {text!r}")
         failures: list[str] = []
-        for engine in self.engines:
-            if not engine.speaks(language):
+        skipped: list[str] = []
+        now = time.monotonic()
+        candidates = [e for e in self.engines if e.speaks(language)]
+        for index, engine in enumerate(candidates):
+            resting = self._resting.get(engine.name)
+            if resting and resting[0] > now and index < len(candidates) - 1:
+                # It failed moments ago (offline?): don't make every sentence wait for it.
+                skipped.append(f"{engine.name} resting after: {resting[1]}")
                 continue
             try:
                 audio = await asyncio.wait_for(
@@ -366,9 +380,13 @@ class FallbackTTS:
                 )
             except Exception as exc:  # any engine fault means "try the next one"
                 failures.append(f"{engine.name} failed ({_reason(exc)})")
+                self._resting[engine.name] = (time.monotonic() + self.cooldown_s, _reason(exc))
                 continue
+            self._resting.pop(engine.name, None)
             if failures:
                 log.warning("TTS fell back to %s: %s", engine.name, "; ".join(failures))
+            elif skipped:
+                log.info("TTS: %s spoke (%s)", engine.name, "; ".join(skipped))
             return audio
         if not failures:
             raise TTSError(f"no TTS engine speaks {language!r}")

@@ -176,7 +176,9 @@ class PhoneCall:
 
 def _bot_idle(log: CallLog) -> bool:
     """The bot is quiet: the call has started and its last published state is not talking."""
-    if not log.of(events.CALL_STARTED):
+    started = log.of(events.CALL_STARTED)
+    if not started:
         return False
     states = log.of(events.CALL_STATE)
-    return not states or states[-1]["data"]["state"] not in ("thinking", "speaking")
+    state = states[-1]["data"]["state"] if states else started[0]["data"].get("state")
+    return state not in ("thinking", "speaking")
