@@ -13,11 +13,16 @@ from voiceai.sim.fork_client import ForkCall
 
 
 async def collect_events(
-    ws_base: str, call_id: str, action: Callable[[], Awaitable[Any]], limit_s: float = 90
+    ws_base: str,
+    call_id: str,
+    action: Callable[[], Awaitable[Any]],
+    limit_s: float = 90,
+    token: str | None = None,
 ) -> list[dict[str, Any]]:
     """Runs `action` while listening to /ws/live for `call_id`; returns its events to call.ended."""
     received: list[dict[str, Any]] = []
-    async with connect(f"{ws_base}/ws/live?call={call_id}") as live:
+    query = f"&token={token}" if token else ""
+    async with connect(f"{ws_base}/ws/live?call={call_id}{query}") as live:
         task = asyncio.create_task(action())
         async with asyncio.timeout(limit_s):
             async for raw in live:
@@ -29,8 +34,8 @@ async def collect_events(
     return received
 
 
-async def place(call: ForkCall) -> list[dict[str, Any]]:
-    return await collect_events(call.base_url, call.call_id, call.run)
+async def place(call: ForkCall, token: str | None = None) -> list[dict[str, Any]]:
+    return await collect_events(call.base_url, call.call_id, call.run, token=token)
 
 
 def transcripts(received: list[dict[str, Any]]) -> list[str]:

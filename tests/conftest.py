@@ -26,6 +26,7 @@ from tests.speech import Speech, make_speech
 from voiceai.app import create_app
 from voiceai.config import Settings
 from voiceai.engines.stt import WhisperSTT
+from voiceai.engines.tts import build_tts
 
 
 @pytest.fixture(scope="session")
@@ -38,6 +39,12 @@ def stt() -> Iterator[WhisperSTT]:
     engine = WhisperSTT("auto", workers=2)
     yield engine
     asyncio.run(engine.aclose())
+
+
+@pytest.fixture(scope="session")
+def tts() -> Any:
+    """Offline voices shared by every test service (edge-tts' cloud is not reachable here)."""
+    return build_tts(Settings(tts="piper"))
 
 
 def free_port() -> int:

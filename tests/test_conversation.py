@@ -15,9 +15,7 @@ from tests.conftest import RunningService, words
 from tests.speech import KEYWORDS, Speech
 from voiceai import events
 from voiceai.audio.pcm import decode_file, to_float
-from voiceai.config import Settings
 from voiceai.engines.stt import WhisperSTT
-from voiceai.engines.tts import build_tts
 from voiceai.sim.esl_server import EslServer
 from voiceai.sim.ollama_server import OllamaEmulator
 from voiceai.sim.phone import PhoneCall
@@ -36,11 +34,6 @@ LONG_REPLY = (
     "Our chef trained in Paris and in Rome, and the menu changes with every season. "
     "We also have a garden terrace that is very popular in the summer months."
 )
-
-
-@pytest.fixture(scope="session")
-def tts():
-    return build_tts(Settings(tts="piper"))
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from voiceai import __version__
-from voiceai.api import fork, live, routes
+from voiceai import __version__, events
+from voiceai.api import calls, fork, live, routes
 from voiceai.api.deps import Services
 from voiceai.audio.turns import TurnConfig
 from voiceai.call import CallPolicy, CallRegistry, Engines
@@ -19,6 +19,7 @@ from voiceai.engines.llm import LanguageModel, build_llm
 from voiceai.engines.stt import SpeechToText, WhisperSTT
 from voiceai.engines.tts import SpeechSynthesizer, build_tts
 from voiceai.events import EventBus
+from voiceai.metrics import Metrics
 from voiceai.prompts import PromptCache
 from voiceai.store import CallStore, record_events
 from voiceai.telephony.esl import EslClient, EslEvent
@@ -72,6 +73,8 @@ def call_policy(settings: Settings) -> CallPolicy:
         fallback_number=settings.fallback_number,
         transfer_digit=settings.transfer_digit,
         media_dir=settings.media_dir,
+        partial_transcripts=settings.partial_transcripts,
+        record_calls=settings.record_calls,
     )
 
 
@@ -98,8 +101,13 @@ def create_app(
         warm_up = asyncio.create_task(_warm_up(llm_engine))
         prompts = PromptCache(tts_engine, settings.media_dir / "prompts")
         engines = Engines(stt_engine, llm_engine, tts_engine, esl, prompts, bus)
-        app.state.services = Services(settings, bus, store, engines, call_policy(settings), calls)
+        metrics = Metrics()
+        app.state.services = Services(
+            settings, bus, store, engines, call_policy(settings), calls, metrics
+        )
         recorder = asyncio.create_task(record_events(bus, store), name="recorder")
+        counting = asyncio.create_task(metrics.consume(bus), name="metrics")
+        pruner = asyncio.create_task(_prune_records(store, settings.retention_days))
         if esl is not None:
             await esl.start()
         try:
@@ -108,10 +116,12 @@ def create_app(
             for call in calls.all():
                 await call.abort("service stopped")
             warm_up.cancel()
+            pruner.cancel()
             if esl is not None:
                 await esl.stop()
             recorder.cancel()  # it writes what is still queued before it stops
-            await asyncio.gather(recorder, warm_up, return_exceptions=True)
+            counting.cancel()
+            await asyncio.gather(recorder, counting, warm_up, pruner, return_exceptions=True)
             await store.aclose()
             if stt is None:
                 await stt_engine.aclose()
@@ -120,10 +130,27 @@ def create_app(
 
     app = FastAPI(title="voiceai", version=__version__, lifespan=lifespan)
     app.include_router(routes.router)
-    app.include_router(routes.api)
+    app.include_router(calls.router)
     app.include_router(fork.router)
     app.include_router(live.router)
     return app
+
+
+PRUNE_EVERY_S = 6 * 3600
+
+
+async def _prune_records(store: CallStore, retention_days: int) -> None:
+    """Old call records go, at start and then a few times a day."""
+    if retention_days <= 0:
+        return
+    while True:
+        try:
+            pruned = await store.prune(retention_days)
+            if pruned:
+                log.info("pruned %d call records older than %d days", pruned, retention_days)
+        except Exception:
+            log.exception("could not prune old call records")
+        await asyncio.sleep(PRUNE_EVERY_S)
 
 
 async def _warm_up(llm: LanguageModel | None) -> None:
@@ -157,12 +184,13 @@ def _event_socket(settings: Settings, calls: CallRegistry, bus: EventBus) -> Esl
         if call is not None:
             call.on_esl_event(event)
         elif event.name == "CHANNEL_HANGUP_COMPLETE" and event.uuid:
-            bus.publish("call.hangup", event.uuid, cause=event.headers.get("Hangup-Cause"))
+            bus.publish(events.CALL_HANGUP, event.uuid, cause=event.headers.get("Hangup-Cause"))
         elif event.subclass == "mod_audio_fork::connect_failed":
             log.error("FreeSWITCH could not connect the fork of %s: %s", event.uuid, event.body)
 
     def state_changed(state: str) -> None:
         log.info("FreeSWITCH event socket %s", state)
+        bus.publish(events.ESL_STATE, "", state=state)
         if state == "disconnected":
             for call in calls.all():
                 call.on_esl_lost()

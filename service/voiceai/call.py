@@ -11,6 +11,7 @@ import contextlib
 import enum
 import itertools
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +33,12 @@ log = logging.getLogger(__name__)
 VAD_FRAME_MS = 20
 DRAIN_TIMEOUT_S = 60.0  # longest a hung-up call waits for its last transcriptions
 BREAK_CONFIRM_S = 2.0  # longest wait for FreeSWITCH to confirm a break with PLAYBACK_STOP
+PARTIAL_EVERY_MS = 1000  # a partial transcript about once a second while the caller speaks
 HANGUP_CAUSE_WAIT_S = 1.0  # the fork often closes just before CHANNEL_HANGUP_COMPLETE arrives
+
+
+class CallNotReady(Exception):
+    """The call cannot do what was asked right now (no event socket, already ended...)."""
 
 
 class CallState(enum.StrEnum):
@@ -65,6 +71,18 @@ class CallPolicy:
     fallback_number: str = ""
     transfer_digit: str = ""
     media_dir: Path = Path("data/media")
+    partial_transcripts: bool = True
+    record_calls: bool = False
+
+
+@dataclass
+class CallInfo:
+    """Who is on the line, from the fork's metadata."""
+
+    caller: str | None = None
+    caller_name: str | None = None
+    callee: str | None = None
+    direction: str = "inbound"
 
 
 @dataclass
@@ -91,8 +109,13 @@ class CallSession:
         language: str | None,
         engines: Engines,
         policy: CallPolicy,
+        info: CallInfo | None = None,
     ) -> None:
         self.call_id = call_id
+        self.info = info or CallInfo()
+        self.started_at = time.time()
+        self.muted = False
+        self.transcript: list[dict[str, object]] = []  # the call so far, for late viewers
         self.rate = rate
         self.channels = channels
         self.language = language
@@ -117,7 +140,10 @@ class CallSession:
         self._files = itertools.count(1)
         self._media = policy.media_dir / call_id
         self._said_cannot_speak = False
+        self._partial_enabled = policy.partial_transcripts
         self._hung_up = asyncio.Event()
+        self._partial: asyncio.Task[None] | None = None
+        self._next_partial_ms = PARTIAL_EVERY_MS
 
     @property
     def state(self) -> CallState:
@@ -138,12 +164,15 @@ class CallSession:
             for event in self._detector.push(mono):
                 self._on_turn_event(event)
             self._check_barge_in()
+            self._maybe_partial()
 
     def _on_turn_event(self, event: SpeechStarted | SpeechPaused | TurnEnded) -> None:
         if isinstance(event, SpeechStarted):
             self._barged_in_this_turn = False
+            self._next_partial_ms = event.at_ms + PARTIAL_EVERY_MS
             self._bus.publish(events.SPEECH_STARTED, self.call_id, at_ms=event.at_ms)
         elif isinstance(event, SpeechPaused):
+            self._next_partial_ms = 1 << 62  # the final transcript is under way
             self._transcribe_early(event)
         else:
             # The caller's last word was (position - end_ms) ago, if audio arrives in real time.
@@ -151,6 +180,28 @@ class CallSession:
             timing = TurnTiming(asyncio.get_running_loop().time() - lag_s)
             timing.mark("end_of_turn")
             self._turns.put_nowait((event, timing, self._take_early(event)))
+
+    def _maybe_partial(self) -> None:
+        """While the caller speaks, show what they say so far (one transcription at a time)."""
+        if not self._partial_enabled or self._detector.position_ms < self._next_partial_ms:
+            return
+        if self._partial is not None and not self._partial.done():
+            return
+        so_far = self._detector.turn_so_far()
+        if so_far is None:
+            return
+        self._next_partial_ms = self._detector.position_ms + PARTIAL_EVERY_MS
+        self._partial = asyncio.create_task(self._publish_partial(*so_far))
+
+    async def _publish_partial(self, audio, start_ms: int) -> None:  # type: ignore[no-untyped-def]
+        try:
+            transcript = await self._stt(audio)
+        except STTError:
+            return  # a partial is a courtesy; the final transcript reports failures
+        if transcript is not None and self._detector.in_turn:
+            self._bus.publish(
+                events.TRANSCRIPT_PARTIAL, self.call_id, text=transcript.text, start_ms=start_ms
+            )
 
     def _transcribe_early(self, paused: SpeechPaused) -> None:
         """Transcribe while the end-of-turn silence elapses, so the text is ready at its end."""
@@ -215,10 +266,15 @@ class CallSession:
             start_ms=turn.start_ms,
             end_ms=turn.end_ms,
             stt_ms=transcript.stt_ms,
+            audio_s=round(transcript.audio_s, 3),
             end_reason=turn.reason,
             backchannel=backchannel,
         )
+        self.transcript.append({"speaker": "caller", "text": transcript.text, "timings": {}})
         if backchannel or self.state in (CallState.TRANSFERRED, CallState.ENDED):
+            return
+        if self.muted:
+            self._dialog.caller_said(transcript.text)  # heard, kept for later, not answered
             return
         self._dialog.caller_said(transcript.text)
         if self._can_speak():
@@ -297,7 +353,16 @@ class CallSession:
 
     async def _speak(self, text: str, timing: TurnTiming | None = None) -> None:
         assert self._engines.tts is not None and self._playback is not None
+        started = time.perf_counter()
         audio = await self._engines.tts.synthesize(text, self._speech_language(), self.rate)
+        self._bus.publish(
+            events.TTS_AUDIO,
+            self.call_id,
+            engine=audio.engine,
+            fallback=audio.fallback,
+            synth_ms=round((time.perf_counter() - started) * 1000),
+            audio_s=round(audio.duration_s, 3),
+        )
         if timing is not None:
             timing.mark("first_audio")
         self._media.mkdir(parents=True, exist_ok=True)
@@ -327,14 +392,16 @@ class CallSession:
         self._dialog.bot_said(heard)
         timing = self._reply_timing
         self._reply_timing = None
+        timings = timing.as_ms() if timing else {}
         self._bus.publish(
             events.BOT_SAID,
             self.call_id,
             text=heard,
             reply=full,
             interrupted=interrupted,
-            timings=timing.as_ms() if timing else {},
+            timings=timings,
         )
+        self.transcript.append({"speaker": "bot", "text": heard, "timings": timings})
         if self.state in (CallState.THINKING, CallState.SPEAKING):
             self.state = CallState.LISTENING
 
@@ -358,6 +425,21 @@ class CallSession:
             await commands.cancel_scheduled(self._engines.esl, self.call_id)
         except Exception as exc:
             log.warning("call %s: could not cancel the dialplan's fallback: %s", self.call_id, exc)
+        if self._policy.record_calls:
+            await self._start_recording()
+
+    async def _start_recording(self) -> None:
+        assert self._engines.esl is not None
+        # FreeSWITCH writes the file: the media folder has the same path on both sides.
+        path = (self._policy.media_dir / "recordings" / f"{self.call_id}.wav").resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            await commands.record(self._engines.esl, self.call_id, str(path))
+        except Exception as exc:
+            log.warning("call %s: recording did not start: %s", self.call_id, exc)
+            self._bus.publish(events.CALL_ERROR, self.call_id, kind="recording", message=str(exc))
+            return
+        self._bus.publish(events.CALL_RECORDING, self.call_id, path=str(path))
 
     async def _greet(self) -> None:
         try:
@@ -441,6 +523,65 @@ class CallSession:
             log.error("call %s: hangup failed: %s", self.call_id, exc)
         self._bus.publish(events.CALL_ERROR, self.call_id, kind="ended_by_bot", message=reason)
 
+    # -- operator controls ----------------------------------------------------------------
+
+    def set_muted(self, muted: bool) -> None:
+        """A muted bot stops answering (and stops talking now); unmuted, it answers again."""
+        if muted == self.muted:
+            return
+        self.muted = muted
+        self._bus.publish(events.CALL_MUTED, self.call_id, muted=muted)
+        if muted and self.state in (CallState.THINKING, CallState.SPEAKING):
+            reply, self._reply = self._reply, None
+            self._spawn(self._silence(reply))
+
+    def say(self, text: str) -> None:
+        """Speak `text` now, instead of whatever the bot was saying (an operator's words)."""
+        if self.state in (CallState.TRANSFERRED, CallState.ENDED):
+            raise CallNotReady(f"the call is {self.state}")
+        if not self._can_speak(report=False):
+            raise CallNotReady("the bot cannot speak on this call (no event socket)")
+        previous, self._reply = self._reply, None
+        self._reply = self._spawn(self._say_now(text, previous))
+
+    async def _say_now(self, text: str, previous: asyncio.Task[None] | None) -> None:
+        await self._silence(previous)
+        self.state = CallState.SPEAKING
+        try:
+            await self._speak(text)
+        except (TTSError, commands.CommandError) as exc:
+            self._bus.publish(events.CALL_ERROR, self.call_id, kind="say", message=str(exc))
+        await self._playback_idle()
+        self._finish_reply(text, interrupted=False)
+
+    async def _silence(self, reply: asyncio.Task[None] | None) -> None:
+        """Stop `reply` and the playback without counting it as a barge-in."""
+        if reply is not None and reply is not asyncio.current_task():
+            reply.cancel()
+            await asyncio.gather(reply, return_exceptions=True)
+        if self._playback is not None and self._playback.busy:
+            await self._playback.interrupt()
+            try:
+                await asyncio.wait_for(self._playback.wait_idle(), BREAK_CONFIRM_S)
+            except TimeoutError:
+                self._playback.abandon()
+        if self.state in (CallState.THINKING, CallState.SPEAKING):
+            self._finish_reply("", interrupted=True)
+
+    def summary(self) -> dict[str, object]:
+        """The call as a late viewer needs it."""
+        return {
+            "id": self.call_id,
+            "caller": self.info.caller,
+            "caller_name": self.info.caller_name,
+            "callee": self.info.callee,
+            "direction": self.info.direction,
+            "state": str(self.state),
+            "started_at": self.started_at,
+            "muted": self.muted,
+            "turns": list(self.transcript),
+        }
+
     def on_esl_event(self, event: EslEvent) -> None:
         if event.name == "PLAYBACK_START" and self._playback is not None:
             self._playback.on_start(event.headers.get("Playback-File-Path", ""))
@@ -504,6 +645,8 @@ class CallSession:
         if self._playback is not None:
             self._playback.abandon()
         self._drop_early()
+        if self._partial is not None:
+            self._partial.cancel()
         for event in self._detector.finish():
             if isinstance(event, TurnEnded):
                 timing = TurnTiming(asyncio.get_running_loop().time())

@@ -124,6 +124,27 @@ class Settings(BaseSettings):
         300, ge=0, le=3000, description="Caller speech that interrupts the bot; shorter is ignored."
     )
 
+    # Operator features
+    fork_url: str = Field(
+        "",
+        description="Websocket base FreeSWITCH uses to reach this service, for forks the service "
+        "starts itself (outbound calls); empty = ws://127.0.0.1:VOICEAI_PORT.",
+    )
+    fork_rate: Literal[8000, 16000] = Field(
+        16000, description="Sample rate of forks the service starts itself (outbound calls)."
+    )
+    partial_transcripts: bool = Field(
+        True, description="Publish partial transcripts about once a second while callers speak."
+    )
+    record_calls: bool = Field(
+        False, description="Record every call (uuid_record) into VOICEAI_MEDIA_DIR/recordings."
+    )
+    retention_days: int = Field(
+        90, ge=0, description="Call records older than this are pruned; 0 = keep forever."
+    )
+    public_readyz: bool = Field(True, description="/readyz answers without the API token.")
+    public_metrics: bool = Field(False, description="/metrics answers without the API token.")
+
     # Storage
     media_dir: Path = Field(Path("data/media"), description="Folder shared with FreeSWITCH.")
     database_url: str = Field(
@@ -141,6 +162,9 @@ class Settings(BaseSettings):
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
+
+    def fork_base_url(self) -> str:
+        return (self.fork_url or f"ws://127.0.0.1:{self.port}").rstrip("/")
 
     def prompt(self) -> str:
         """The system prompt: the file's text when one is set, else the setting."""

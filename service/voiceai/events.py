@@ -27,6 +27,13 @@ BOT_SAID = "bot.said"
 BARGE_IN = "barge_in"
 TURN_LATENCY = "turn.latency"
 DTMF = "dtmf"
+TRANSCRIPT_PARTIAL = "transcript.partial"
+TTS_AUDIO = "tts.audio"
+CALL_MUTED = "call.muted"
+CALL_DIALING = "call.dialing"
+CALL_RECORDING = "call.recording"
+ESL_STATE = "esl.state"
+SNAPSHOT = "snapshot"
 
 
 class Event(BaseModel):

@@ -5,11 +5,24 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, create_engine, select
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Engine,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    func,
+    inspect,
+    select,
+    text,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
@@ -27,19 +40,21 @@ class CallRow(Base):
     __tablename__ = "calls"
 
     id: Mapped[str] = mapped_column(String(128), primary_key=True)
-    status: Mapped[str] = mapped_column(String(16), default="active")
+    status: Mapped[str] = mapped_column(String(16), default="active", index=True)
     direction: Mapped[str] = mapped_column(String(16), default="inbound")
     caller: Mapped[str | None] = mapped_column(String(128))
     callee: Mapped[str | None] = mapped_column(String(128))
     language: Mapped[str | None] = mapped_column(String(16))
     sample_rate: Mapped[int | None] = mapped_column(Integer)
     meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     end_reason: Mapped[str | None] = mapped_column(String(64))
     hangup_cause: Mapped[str | None] = mapped_column(String(64))
     transferred_to: Mapped[str | None] = mapped_column(String(64))
     errors: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    engines: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    recording: Mapped[str | None] = mapped_column(String(512))
     turns: Mapped[list[TurnRow]] = relationship(order_by="TurnRow.id", cascade="all, delete-orphan")
 
 
@@ -70,6 +85,7 @@ class CallStore:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         self._engine = create_engine(url)
         Base.metadata.create_all(self._engine)
+        _add_missing_columns(self._engine)
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
 
     async def _run(self, fn: Any, *args: Any) -> Any:
@@ -81,19 +97,44 @@ class CallStore:
     async def get_call(self, call_id: str) -> dict[str, Any] | None:
         return await self._run(self._get_call, call_id)
 
+    async def list_calls(
+        self, status: str | None, limit: int, offset: int
+    ) -> tuple[list[dict[str, Any]], int]:
+        return await self._run(self._list_calls, status, limit, offset)
+
+    async def prune(self, older_than_days: int) -> int:
+        """Delete ended calls that started more than `older_than_days` ago; returns how many."""
+        return await self._run(self._prune, older_than_days)
+
     def _apply(self, event: Event) -> None:
         with Session(self._engine) as db, db.begin():
             data = event.data
-            if event.type == events.CALL_STARTED:
-                row = db.get(CallRow, event.call_id) or CallRow(id=event.call_id, meta={})
+            if event.type == events.CALL_DIALING:
+                db.add(
+                    CallRow(
+                        id=event.call_id,
+                        status="dialing",
+                        direction="outbound",
+                        callee=data.get("to"),
+                        meta={},
+                        errors=[],
+                        engines={},
+                        started_at=_at(event),
+                    )
+                )
+            elif event.type == events.CALL_STARTED:
+                row = db.get(CallRow, event.call_id)
+                dialled = row is not None and row.status == "dialing"
+                row = row or CallRow(id=event.call_id, meta={})
                 row.status = "active"
-                row.direction = data.get("direction") or "inbound"
+                row.direction = "outbound" if dialled else data.get("direction") or "inbound"
+                row.engines = data.get("engines") or {}
                 row.caller = data.get("caller")
-                row.callee = data.get("callee")
+                row.callee = data.get("callee") or row.callee
                 row.language = data.get("language")
                 row.sample_rate = data.get("sample_rate")
                 row.meta = data.get("metadata") or {}
-                row.started_at = _at(event)
+                row.started_at = row.started_at if dialled else _at(event)
                 row.ended_at = None
                 row.end_reason = None
                 row.hangup_cause = None
@@ -129,7 +170,7 @@ class CallStore:
             elif (row := db.get(CallRow, event.call_id)) is None:
                 return
             elif event.type == events.CALL_ENDED:
-                row.status = "ended"
+                row.status = "failed" if row.status == "dialing" else "ended"
                 row.ended_at = _at(event)
                 row.end_reason = data.get("reason")
                 row.hangup_cause = data.get("hangup_cause") or row.hangup_cause
@@ -137,6 +178,11 @@ class CallStore:
                 row.hangup_cause = data.get("cause")
             elif event.type == events.CALL_TRANSFERRED:
                 row.transferred_to = data.get("to")
+            elif event.type == events.TTS_AUDIO:
+                spoke = sorted({*row.engines.get("tts", []), data.get("engine")} - {None})
+                row.engines = {**row.engines, "tts": spoke}
+            elif event.type == events.CALL_RECORDING:
+                row.recording = data.get("path")
             elif event.type == events.CALL_ERROR:
                 error = {"kind": data.get("kind"), "message": data.get("message"), "at": event.at}
                 row.errors = [*row.errors, error]
@@ -144,44 +190,90 @@ class CallStore:
     def _get_call(self, call_id: str) -> dict[str, Any] | None:
         with Session(self._engine) as db:
             row = db.scalars(select(CallRow).where(CallRow.id == call_id)).one_or_none()
-            if row is None:
-                return None
-            return {
-                "id": row.id,
-                "status": row.status,
-                "direction": row.direction,
-                "caller": row.caller,
-                "callee": row.callee,
-                "language": row.language,
-                "sample_rate": row.sample_rate,
-                "metadata": row.meta,
-                "started_at": row.started_at.isoformat() if row.started_at else None,
-                "ended_at": row.ended_at.isoformat() if row.ended_at else None,
-                "end_reason": row.end_reason,
-                "hangup_cause": row.hangup_cause,
-                "transferred_to": row.transferred_to,
-                "errors": row.errors,
-                "turns": [
-                    {
-                        "speaker": t.speaker,
-                        "text": t.text,
-                        "language": t.language,
-                        "start_ms": t.start_ms,
-                        "end_ms": t.end_ms,
-                        "timings": t.timings,
-                        "at": t.created_at.isoformat(),
-                    }
-                    for t in row.turns
-                ],
-            }
+            return None if row is None else _as_record(row)
+
+    def _list_calls(
+        self, status: str | None, limit: int, offset: int
+    ) -> tuple[list[dict[str, Any]], int]:
+        with Session(self._engine) as db:
+            query = select(CallRow)
+            if status is not None:
+                query = query.where(CallRow.status == status)
+            total = db.scalar(select(func.count()).select_from(query.subquery())) or 0
+            rows = db.scalars(
+                query.order_by(CallRow.started_at.desc()).limit(limit).offset(offset)
+            ).all()
+            return [_as_record(row, with_turns=False) for row in rows], total
+
+    def _prune(self, older_than_days: int) -> int:
+        cutoff = datetime.now(UTC) - timedelta(days=older_than_days)
+        with Session(self._engine) as db, db.begin():
+            old = db.scalars(
+                select(CallRow).where(CallRow.started_at < cutoff, CallRow.status != "active")
+            ).all()
+            for row in old:
+                db.delete(row)  # its turns go with it (cascade)
+            return len(old)
 
     async def aclose(self) -> None:
         self._thread.shutdown(wait=True)
         self._engine.dispose()
 
 
+def _as_record(row: CallRow, *, with_turns: bool = True) -> dict[str, Any]:
+    """A call as the API shows it (without its turns in lists)."""
+    record: dict[str, Any] = {
+        "id": row.id,
+        "status": row.status,
+        "direction": row.direction,
+        "caller": row.caller,
+        "callee": row.callee,
+        "language": row.language,
+        "sample_rate": row.sample_rate,
+        "metadata": row.meta,
+        "started_at": row.started_at.isoformat() if row.started_at else None,
+        "ended_at": row.ended_at.isoformat() if row.ended_at else None,
+        "end_reason": row.end_reason,
+        "hangup_cause": row.hangup_cause,
+        "transferred_to": row.transferred_to,
+        "errors": row.errors,
+        "engines": row.engines,
+        "recording": row.recording,
+    }
+    if with_turns:
+        record["turns"] = [
+            {
+                "speaker": t.speaker,
+                "text": t.text,
+                "language": t.language,
+                "start_ms": t.start_ms,
+                "end_ms": t.end_ms,
+                "timings": t.timings,
+                "at": t.created_at.isoformat(),
+            }
+            for t in row.turns
+        ]
+    return record
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Upgrade a database made by an older version: add the columns it lacks (all nullable)."""
+    existing = inspect(engine)
+    with engine.begin() as db:
+        for table in Base.metadata.sorted_tables:
+            have = {c["name"] for c in existing.get_columns(table.name)}
+            for column in table.columns:
+                if column.name not in have:
+                    kind = column.type.compile(dialect=engine.dialect)
+                    db.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
+                    log.info("database: added column %s.%s", table.name, column.name)
+
+
 RECORDED = {
+    events.CALL_DIALING,
     events.CALL_STARTED,
+    events.TTS_AUDIO,
+    events.CALL_RECORDING,
     events.TRANSCRIPT_FINAL,
     events.BOT_SAID,
     events.CALL_ENDED,
@@ -199,14 +291,14 @@ async def record_events(bus: EventBus, store: CallStore) -> None:
     with bus.subscribe(maxsize=100_000) as sub:
         try:
             while True:
-                await _record(store, await sub.get())
+                await _write(store, await sub.get())
         except asyncio.CancelledError:
             while not sub.queue.empty():
-                await _record(store, sub.queue.get_nowait())
+                await _write(store, sub.queue.get_nowait())
             raise
 
 
-async def _record(store: CallStore, event: Event) -> None:
+async def _write(store: CallStore, event: Event) -> None:
     if event.type not in RECORDED:
         return
     try:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import HTTPException, Request, WebSocket, status
 
 from voiceai.call import CallPolicy, CallRegistry, Engines
 from voiceai.config import Settings
 from voiceai.events import EventBus
+from voiceai.metrics import Metrics
 from voiceai.store import CallStore
 
 
@@ -23,6 +25,13 @@ class Services:
     engines: Engines
     policy: CallPolicy
     calls: CallRegistry
+    metrics: Metrics
+    # Outbound calls being dialled: their prompt/greeting overrides, by call id.
+    overrides: dict[str, CallPolicy] = field(default_factory=dict)
+    background: set[asyncio.Task[None]] = field(default_factory=set)  # e.g. calls being dialled
+
+    def policy_for(self, call_id: str) -> CallPolicy:
+        return self.overrides.pop(call_id, self.policy)
 
 
 def services(conn: Request | WebSocket) -> Services:

@@ -10,7 +10,7 @@ from starlette.responses import PlainTextResponse
 
 from voiceai import events
 from voiceai.api.deps import services
-from voiceai.call import CallSession
+from voiceai.call import CallInfo, CallSession
 from voiceai.telephony.fork import (
     CALL_ID,
     CLOSE_ERROR,
@@ -74,7 +74,8 @@ async def fork(ws: WebSocket, call_id: str) -> None:
             channels=channels,
             language=language,
             engines=svc.engines,
-            policy=svc.policy,
+            policy=svc.policy_for(call_id),
+            info=CallInfo(meta.caller, meta.caller_name, meta.callee, meta.direction),
         )
         svc.calls.add(call)
         call.start()

@@ -8,7 +8,9 @@ import contextlib
 from fastapi import APIRouter, WebSocket
 from starlette.responses import JSONResponse
 
+from voiceai import events
 from voiceai.api.deps import bearer, services, token_ok
+from voiceai.events import Event, Subscription
 
 router = APIRouter()
 
@@ -22,7 +24,12 @@ async def live(ws: WebSocket) -> None:
         await ws.send_denial_response(JSONResponse({"detail": "missing or wrong API token"}, 401))
         return
     await ws.accept()
-    with svc.bus.subscribe(call_id=ws.query_params.get("call"), maxsize=1000) as sub:
+    only = ws.query_params.get("call")
+    # Subscribe before the snapshot, so nothing falls between the two.
+    with svc.bus.subscribe(call_id=only, maxsize=1000) as sub:
+        calls = [c.summary() for c in svc.calls.all() if only is None or c.call_id == only]
+        snapshot = Event(type=events.SNAPSHOT, call_id=only or "", data={"calls": calls})
+        await ws.send_text(snapshot.model_dump_json())
         sender = asyncio.create_task(_send_events(ws, sub))
         try:
             while (await ws.receive())["type"] != "websocket.disconnect":
@@ -33,6 +40,6 @@ async def live(ws: WebSocket) -> None:
                 await sender
 
 
-async def _send_events(ws: WebSocket, sub) -> None:  # type: ignore[no-untyped-def]
+async def _send_events(ws: WebSocket, sub: Subscription) -> None:
     async for event in sub:
         await ws.send_text(event.model_dump_json())

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from fastapi import APIRouter, Depends, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
 
 from voiceai.api.deps import require_token, services
 
 router = APIRouter()
-api = APIRouter(prefix="/api", dependencies=[Depends(require_token)])
 
 
 @router.get("/healthz")
@@ -22,6 +19,8 @@ async def healthz() -> dict[str, str]:
 async def readyz(request: Request) -> JSONResponse:
     """Ready when calls can be answered: engines loaded and FreeSWITCH's event socket up."""
     svc = services(request)
+    if not svc.settings.public_readyz:
+        require_token(request)
     esl = svc.engines.esl
     esl_state = "disabled" if esl is None else esl.state
     ready = esl is None or esl.connected
@@ -35,9 +34,11 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
-@api.get("/calls/{call_id}")
-async def get_call(call_id: str, request: Request) -> dict[str, Any]:
-    record = await services(request).store.get_call(call_id)
-    if record is None:
-        raise HTTPException(404, f"no call {call_id!r}")
-    return record
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    """Prometheus text format; needs the API token unless VOICEAI_PUBLIC_METRICS is set."""
+    svc = services(request)
+    if not svc.settings.public_metrics:
+        require_token(request)
+    body, content_type = svc.metrics.render()
+    return Response(body, media_type=content_type)

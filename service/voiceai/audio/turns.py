@@ -107,6 +107,12 @@ class TurnDetector:
         """
         return self._voiced_ms if self._in_turn else 0
 
+    def turn_so_far(self) -> tuple[np.ndarray, int] | None:
+        """The audio of the turn in progress and its start, for a partial transcript."""
+        if not self._in_turn:
+            return None
+        return to_samples(b"".join(self._turn)).copy(), self._turn_start_ms
+
     def _count_speech(self, frame: bytes) -> None:
         level = float(np.sqrt(np.mean(to_samples(frame).astype(np.float64) ** 2)))
         self._peak_level = max(self._peak_level, level)

@@ -7,6 +7,7 @@ Every engine returns mono int16 at the rate asked for; all rate conversion goes 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib.util
 import logging
 import math
@@ -45,6 +46,7 @@ class SpokenAudio:
     samples: np.ndarray  # int16 mono at `rate`
     rate: int
     engine: str  # "edge" | "piper" | "espeak"
+    fallback: bool = False  # an engine before this one failed or was resting
 
     @property
     def duration_s(self) -> float:
@@ -383,6 +385,8 @@ class FallbackTTS:
                 self._resting[engine.name] = (time.monotonic() + self.cooldown_s, _reason(exc))
                 continue
             self._resting.pop(engine.name, None)
+            if failures or skipped:
+                audio = dataclasses.replace(audio, fallback=True)
             if failures:
                 log.warning("TTS fell back to %s: %s", engine.name, "; ".join(failures))
             elif skipped:

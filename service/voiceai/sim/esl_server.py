@@ -436,6 +436,7 @@ class Channel:
     dtmf_sent: list[str] = field(default_factory=list)  # uuid_send_dtmf data, to the caller
     dtmf_pressed: list[str] = field(default_factory=list)  # digits the caller pressed
     scheduled: list[str] = field(default_factory=list)  # sched_transfer destinations pending
+    recordings: list[str] = field(default_factory=list)  # uuid_record paths, written at hangup
     media: list[_Playback] = field(default_factory=list, init=False, repr=False)  # playing now
     clips: list[_Playback] = field(default_factory=list, init=False, repr=False)  # ever started
     caller_segments: list[_CallerSegment] = field(default_factory=list, init=False, repr=False)
@@ -927,6 +928,11 @@ class EslServer:
         channel.gone.set()
         for fork in list(channel.forks.values()):
             await self._close_fork(fork)
+        for path in channel.recordings:  # like uuid_record: the file is complete at hangup
+            try:
+                self.write_call_wav(uuid, path)
+            except OSError as exc:
+                log.error("esl emulator: could not write recording %s: %s", path, exc)
         channel.state = "CS_REPORTING"
         self.emit_channel(channel, "CHANNEL_HANGUP_COMPLETE", {"Hangup-Cause": cause})
         channel.state = "CS_DESTROY"
@@ -1773,6 +1779,21 @@ async def _api_sched_del(server: EslServer, args: str) -> str:
 @api_command("uuid_exists")
 async def _api_uuid_exists(server: EslServer, args: str) -> str:
     return "true" if server.live_channel(args.strip()) is not None else "false"
+
+
+@api_command("uuid_record")
+async def _api_uuid_record(server: EslServer, args: str) -> str:
+    argv = args.split()
+    if len(argv) < 3 or argv[1] not in ("start", "stop"):
+        return "-USAGE: <uuid> [start|stop|mask|unmask] <path> [<limit>]\n"
+    channel = server.live_channel(argv[0])
+    if channel is None:
+        return "-ERR Cannot locate session!\n"
+    if argv[1] == "start":
+        channel.recordings.append(argv[2])
+    elif argv[2] in channel.recordings:
+        channel.recordings.remove(argv[2])
+    return "+OK Success\n"
 
 
 @api_command("uuid_kill")
