@@ -40,15 +40,7 @@ LINES = [
     "I have a question about my last invoice.",
 ]
 ROUNDS = 3  # each line is said this many times
-STAGES = (
-    "end_of_turn",
-    "transcript",
-    "llm_first_token",
-    "first_sentence",
-    "first_audio",
-    "play_sent",
-    "playback_started",
-)
+STAGES = events.LATENCY_STAGES
 
 
 def free_port() -> int:

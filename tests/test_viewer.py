@@ -174,7 +174,7 @@ def test_operator_watches_a_call_live_and_hangs_it_up(
                     assert await card.locator(".line.caller.partial").count() == 0
 
                     await card.locator(".act-hangup").click()
-                    await expect(card.locator(".act-hangup")).to_have_text("Confirm hang up")
+                    await expect(card.locator(".act-hangup")).to_have_text("Confirm")
                     await card.locator(".act-hangup").click()
                     await call.wait_event(events.CALL_ENDED)
                     await expect(card).to_have_attribute("data-state", "ended")

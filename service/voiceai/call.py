@@ -172,7 +172,6 @@ class CallSession:
             self._next_partial_ms = event.at_ms + PARTIAL_EVERY_MS
             self._bus.publish(events.SPEECH_STARTED, self.call_id, at_ms=event.at_ms)
         elif isinstance(event, SpeechPaused):
-            self._next_partial_ms = 1 << 62  # the final transcript is under way
             self._transcribe_early(event)
         else:
             # The caller's last word was (position - end_ms) ago, if audio arrives in real time.
@@ -187,6 +186,8 @@ class CallSession:
             return
         if self._partial is not None and not self._partial.done():
             return
+        if self._early is not None and not self._early[1].done():
+            return  # the (probably final) transcript is under way: leave the CPU to it
         so_far = self._detector.turn_so_far()
         if so_far is None:
             return
@@ -467,18 +468,7 @@ class CallSession:
         log.info("call %s: barge-in at %d ms while %s", self.call_id, at_ms, self.state)
         self._bus.publish(events.BARGE_IN, self.call_id, at_ms=at_ms, state=str(self.state))
         reply, self._reply = self._reply, None
-        if reply is not None:
-            reply.cancel()
-            await asyncio.gather(reply, return_exceptions=True)
-        if self._playback is not None and self._playback.busy:
-            await self._playback.interrupt()
-            try:
-                await asyncio.wait_for(self._playback.wait_idle(), BREAK_CONFIRM_S)
-            except TimeoutError:
-                log.warning("call %s: no PLAYBACK_STOP after break", self.call_id)
-                self._playback.abandon()
-        self.state = CallState.LISTENING
-        self._finish_reply("", interrupted=True)
+        await self._silence(reply)
 
     # -- failures, transfer, DTMF, hangup ------------------------------------------------------
 
@@ -564,6 +554,7 @@ class CallSession:
             try:
                 await asyncio.wait_for(self._playback.wait_idle(), BREAK_CONFIRM_S)
             except TimeoutError:
+                log.warning("call %s: no PLAYBACK_STOP after break", self.call_id)
                 self._playback.abandon()
         if self.state in (CallState.THINKING, CallState.SPEAKING):
             self._finish_reply("", interrupted=True)

@@ -35,6 +35,18 @@ CALL_RECORDING = "call.recording"
 ESL_STATE = "esl.state"
 SNAPSHOT = "snapshot"
 
+# The stages of a reply, in order, as `turn.latency` and `bot.said` timings name them
+# (milliseconds after the caller's last word).
+LATENCY_STAGES = (
+    "end_of_turn",
+    "transcript",
+    "llm_first_token",
+    "first_sentence",
+    "first_audio",
+    "play_sent",
+    "playback_started",
+)
+
 
 class Event(BaseModel):
     type: str

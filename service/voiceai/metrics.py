@@ -24,15 +24,7 @@ from voiceai.events import Event, EventBus
 log = logging.getLogger(__name__)
 
 # The stages a `turn.latency` event may carry; other keys are ignored so the label set is fixed.
-STAGES = (
-    "end_of_turn",
-    "transcript",
-    "llm_first_token",
-    "first_sentence",
-    "first_audio",
-    "play_sent",
-    "playback_started",
-)
+STAGES = events.LATENCY_STAGES
 # call.error kinds that mean the bot let the caller down (other kinds are reported, not fatal).
 FAILING_KINDS = frozenset({"llm", "tts", "stt", "internal", "esl", "originate"})
 DIRECTIONS = frozenset({"inbound", "outbound"})

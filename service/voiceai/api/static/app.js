@@ -36,6 +36,7 @@
   const eslEl = $("#esl");
   const tokenForm = $("#token-form");
   const tokenInput = $("#token");
+  const tokenToggle = $("#token-toggle");
   const template = $("#call-template");
 
   const calls = new Map();
@@ -129,11 +130,24 @@
     }
   }
 
+  // The token field stays folded away unless the service asks for one or the operator opens it.
+  function showTokenForm(show) {
+    tokenForm.hidden = !show;
+    tokenToggle.setAttribute("aria-expanded", String(show));
+    tokenToggle.textContent = token ? "API token ✓" : "API token";
+  }
+
+  tokenToggle.addEventListener("click", () => {
+    showTokenForm(tokenForm.hidden);
+    if (!tokenForm.hidden) tokenInput.focus();
+  });
+
   tokenForm.addEventListener("submit", (event) => {
     event.preventDefault();
     token = tokenInput.value.trim();
     saveToken(token);
     tokenForm.classList.remove("needed");
+    showTokenForm(false);
     waitingForToken = false;
     attempt = 0;
     connect();
@@ -171,7 +185,8 @@
     if (typeof detail === "string" && detail) return detail;
     if (Array.isArray(detail)) {
       // FastAPI's 422: a list of {loc, msg}.
-      return detail.map((d) => (d && typeof d.msg === "string" ? d.msg : str(d))).join("; ");
+      const message = (d) => (d && typeof d.msg === "string" ? d.msg : str(d));
+      return detail.map((d) => message(d).replace(/^Value error, /, "")).join("; ");
     }
     return `HTTP ${response.status}`;
   }
@@ -232,6 +247,7 @@
     waitingForToken = true;
     setConn("auth", token ? "wrong token" : "token needed");
     tokenForm.classList.add("needed");
+    showTokenForm(true);
   }
 
   function liveUrl() {
@@ -505,7 +521,9 @@
     let tags = li.querySelector(".tags");
     if (!tags) {
       tags = el("span", "tags");
-      li.appendChild(tags);
+      const who = li.querySelector(".who");
+      if (who) who.after(tags);
+      else li.appendChild(tags);
     }
     tags.appendChild(el("span", `tag ${className}`, text));
   }
@@ -583,7 +601,7 @@
     const chip = box.querySelector(".latency-chip");
     const stages = box.querySelector(".stages");
     const total = num(timings.playback_started);
-    chip.textContent = total === null ? "⏱ …" : `⏱ ${fmtMs(total)}`;
+    chip.textContent = total === null ? "answering…" : `answered in ${fmtMs(total)}`;
     box.dataset.speed = total === null ? "" : total < 1500 ? "fast" : total < 3000 ? "ok" : "slow";
     stages.replaceChildren();
     const lines = [];
@@ -829,6 +847,7 @@
     clearTimeout(call.armTimer);
     call.hangupBtn.classList.remove("armed");
     call.hangupBtn.textContent = "Hang up";
+    renderHead(call); // puts the plain aria-label back
   }
 
   function openAsk(call, action) {
@@ -855,7 +874,8 @@
       if (!call.hangupBtn.classList.contains("armed")) {
         // Two taps: a phone in a pocket must not hang up on a caller.
         call.hangupBtn.classList.add("armed");
-        call.hangupBtn.textContent = "Confirm hang up";
+        call.hangupBtn.textContent = "Confirm";
+        call.hangupBtn.setAttribute("aria-label", "Confirm: hang up this call");
         clearTimeout(call.armTimer);
         call.armTimer = setTimeout(() => disarm(call), ARM_MS);
         return;
@@ -903,6 +923,7 @@
 
   token = loadToken();
   tokenInput.value = token;
+  showTokenForm(false);
   updateCount();
   connect();
 })();
