@@ -15,6 +15,7 @@ import pytest
 
 from voiceai.config import Settings
 from voiceai.engines.llm import (
+    AutoLLM,
     EmbeddedLLM,
     LanguageModel,
     LLMError,
@@ -298,10 +299,38 @@ def test_build_llm_auto_falls_back_to_embedded_when_nothing_listens(
     with caplog.at_level(logging.INFO, logger="voiceai.engines.llm"):
         llm = built(llm="auto", ollama_url=url)
 
-    assert isinstance(llm, EmbeddedLLM)
+    assert isinstance(llm, AutoLLM)  # the embedded model, until Ollama comes up
     assert llm.name == f"embedded:{PACKAGED_GGUF}"
-    assert f"LLM: embedded:{PACKAGED_GGUF} (auto: no Ollama answers at {url})" in caplog.text
+    assert f"LLM: embedded:{PACKAGED_GGUF} (auto: no Ollama answers at {url} yet)" in caplog.text
     asyncio.run(llm.aclose())
+
+
+def test_auto_moves_to_ollama_once_it_comes_up() -> None:
+    port = closed_port()
+
+    async def scenario() -> tuple[str, str, str]:
+        llm = await build_llm(
+            Settings(
+                llm="auto",
+                ollama_url=f"http://127.0.0.1:{port}",
+                ollama_model=MODEL,
+                llm_max_tokens=16,
+            )
+        )
+        assert isinstance(llm, AutoLLM)
+        llm._recheck_s = 0  # ask again at every reply (30 s in production)
+        before = llm.name
+        with OllamaEmulator(port=port) as ollama:
+            reply = "".join([piece async for piece in llm.stream_reply(QUESTION)])
+            assert ollama.requests, "the reply did not go to Ollama"
+        after = llm.name
+        await llm.aclose()
+        return before, after, reply
+
+    before, after, reply = asyncio.run(scenario())
+    assert before.startswith("embedded:")
+    assert after == f"ollama:{MODEL}"
+    assert reply.startswith("Thank you, I understood")  # the emulator's answer, not llama's
 
 
 def test_build_llm_auto_falls_back_when_the_model_is_not_pulled(
@@ -313,8 +342,9 @@ def test_build_llm_auto_falls_back_when_the_model_is_not_pulled(
     ):
         llm = built(llm="auto", ollama_url=other.url, ollama_model=MODEL)
 
-    assert isinstance(llm, EmbeddedLLM)
-    assert f"has no '{MODEL}' (ollama pull {MODEL})" in caplog.text
+    assert isinstance(llm, AutoLLM)
+    assert llm.name.startswith("embedded:")
+    assert f"has no '{MODEL}' yet (ollama pull {MODEL})" in caplog.text
     asyncio.run(llm.aclose())
 
 

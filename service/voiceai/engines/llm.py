@@ -8,9 +8,11 @@ task): closing it stops the generation at the next token and closes the HTTP str
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -53,6 +55,9 @@ class LanguageModel(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+RECHECK_S = 30.0  # how often `auto` asks again whether Ollama has come up
 
 
 def total_timeout(first_token_timeout_s: float, max_tokens: int) -> float:
@@ -398,8 +403,9 @@ async def build_llm(settings: Settings) -> LanguageModel:
         engine = EmbeddedLLM(settings.embedded_model, **embedded_args)
         why = "VOICEAI_LLM=embedded"
     elif not await probe_ollama(url):
-        why = f"auto: no Ollama answers at {url}"
-        engine = _embedded_or_explain(settings, embedded_args, why)
+        why = f"auto: no Ollama answers at {url} yet"
+        embedded = _embedded_or_explain(settings, embedded_args, why)
+        engine = AutoLLM(embedded, OllamaLLM(url, model, **ollama_args))
     else:
         try:
             pulled = await ollama_models(url)
@@ -410,10 +416,59 @@ async def build_llm(settings: Settings) -> LanguageModel:
         if any(_same_model(model, name) for name in pulled):
             engine = OllamaLLM(url, model, **ollama_args)
         else:
-            why = f"auto: Ollama at {url} has no {model!r} (ollama pull {model})"
-            engine = _embedded_or_explain(settings, embedded_args, why)
+            why = f"auto: Ollama at {url} has no {model!r} yet (ollama pull {model})"
+            embedded = _embedded_or_explain(settings, embedded_args, why)
+            engine = AutoLLM(embedded, OllamaLLM(url, model, **ollama_args))
     log.info("LLM: %s (%s)", engine.name, why)
     return engine
+
+
+class AutoLLM:
+    """`auto` after falling back: the embedded model until Ollama answers with the model.
+
+    Ollama is asked again at most every `recheck_s`, so a service that started while Ollama
+    was still pulling its model moves to it without a restart.
+    """
+
+    def __init__(
+        self, embedded: LanguageModel, ollama: OllamaLLM, *, recheck_s: float = RECHECK_S
+    ) -> None:
+        self._embedded = embedded
+        self._ollama = ollama
+        self._recheck_s = recheck_s
+        self._checked_at = time.monotonic()
+        self._current: LanguageModel = embedded
+
+    @property
+    def name(self) -> str:
+        return self._current.name
+
+    async def _choose(self) -> LanguageModel:
+        if self._current is self._ollama or time.monotonic() - self._checked_at < self._recheck_s:
+            return self._current
+        self._checked_at = time.monotonic()
+        if await probe_ollama(self._ollama.url):
+            with contextlib.suppress(Exception):
+                if any(
+                    _same_model(self._ollama.model, m)
+                    for m in await ollama_models(self._ollama.url)
+                ):
+                    log.info("LLM: Ollama now answers with %s; using it", self._ollama.model)
+                    self._current = self._ollama
+        return self._current
+
+    async def stream_reply(self, messages: list[Message]) -> AsyncIterator[str]:
+        engine = await self._choose()
+        async with contextlib.aclosing(engine.stream_reply(messages)) as pieces:  # type: ignore[type-var]
+            async for piece in pieces:
+                yield piece
+
+    async def warm_up(self) -> None:
+        await self._current.warm_up()
+
+    async def aclose(self) -> None:
+        await self._ollama.aclose()
+        await self._embedded.aclose()
 
 
 def _embedded_or_explain(settings: Settings, args: dict[str, Any], why: str) -> EmbeddedLLM:
