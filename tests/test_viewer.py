@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.async_api import Locator, Page, async_playwright, expect
+from playwright.async_api import Locator, Page, WebSocketRoute, async_playwright, expect
 
 from tests.conftest import RunningService, words
 from tests.speech import KEYWORDS, Speech
@@ -35,6 +35,7 @@ CHROMIUM_ARGS = [
 ]
 UI_TIMEOUT_MS = 30_000  # real STT and TTS are behind every text the page waits for
 SCREENSHOT = Path("/tmp/viewer.png")
+FAILURE_SCREENSHOT = Path("/tmp/viewer-failure.png")
 PHONE = {"width": 390, "height": 844}
 DESKTOP = {"width": 1280, "height": 860}
 # Reply text that would run script or add elements if the page ever parsed event data as HTML.
@@ -94,7 +95,13 @@ async def viewer(
                     else None
                 ),
             )
-            yield view
+            try:
+                yield view
+            except BaseException:
+                # What the operator would have seen when it went wrong.
+                with contextlib.suppress(Exception):
+                    await page.screenshot(path=str(FAILURE_SCREENSHOT), full_page=True)
+                raise
             assert view.errors == [], view.errors
         finally:
             await browser.close()
@@ -176,8 +183,8 @@ def test_operator_watches_a_call_live_and_hangs_it_up(
                     await card.locator(".act-hangup").click()
                     await expect(card.locator(".act-hangup")).to_have_text("Confirm")
                     await card.locator(".act-hangup").click()
-                    await call.wait_event(events.CALL_ENDED)
                     await expect(card).to_have_attribute("data-state", "ended")
+                    await call.wait_event(events.CALL_ENDED)
                     await expect(card).to_have_class(re.compile(r"\bended\b"))
                     await expect(card.locator(".state")).to_contain_text("NORMAL_CLEARING")
                     await expect(card.locator(".actions")).to_be_hidden()
@@ -280,7 +287,7 @@ def test_operator_controls_mute_say_and_transfer(
                 viewer() as view,
                 PhoneCall(switch, service.ws, rate=RATE, token=TOKEN) as call,
             ):
-                await view.open(service, f"#token={TOKEN}")
+                await view.open(service, f"?token={TOKEN}")  # the form the README shows
                 await call.dial()
                 await call.wait_bot_done()
                 card = view.card(call.call_id)
@@ -372,3 +379,41 @@ def test_phone_sized_page_fits_without_sideways_scrolling(
     assert older["y"] >= newer["y"] + newer["height"]  # one column: stacked, newest on top
     assert newer["x"] >= 0 and newer["x"] + newer["width"] <= PHONE["width"]
     assert SCREENSHOT.stat().st_size > 10_000
+
+
+def test_page_reconnects_after_the_live_socket_drops_and_asks_for_a_right_token(
+    service_factory: Callable[..., RunningService],
+) -> None:
+    service = service_factory(api_token=TOKEN)
+
+    async def scenario() -> tuple[int, int]:
+        async with viewer() as view:
+            page = view.page
+            opened: list[WebSocketRoute] = []
+
+            def through(ws: WebSocketRoute) -> None:
+                opened.append(ws)
+                ws.connect_to_server()  # a real connection to the service, which we can cut
+
+            await page.route_web_socket(re.compile(r"/ws/live"), through)
+            await view.open(service, f"#token={TOKEN}")
+            conn = page.locator("#conn")
+            await expect(conn).to_have_attribute("data-state", "live")
+            await opened[0].close(code=1011, reason="network gone")
+            await expect(conn).not_to_have_attribute("data-state", "live", timeout=5_000)
+            await expect(conn).to_have_attribute("data-state", "live")  # by itself, with backoff
+            reconnected = len(opened)
+
+            await page.locator("#token-toggle").click()
+            await page.fill("#token", "not-the-token")
+            await page.click("#token-form button[type=submit]")
+            await expect(conn).to_have_attribute("data-state", "auth")
+            await expect(conn).to_have_text("wrong token")
+            await expect(page.locator("#token-form")).to_be_visible()
+            tries = len(opened)
+            await asyncio.sleep(2)  # a refused token is not retried in a loop
+            return reconnected, len(opened) - tries
+
+    reconnected, retried_with_wrong_token = asyncio.run(scenario())
+    assert reconnected == 2
+    assert retried_with_wrong_token == 0

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from voiceai import __version__, events
-from voiceai.api import calls, fork, live, routes
+from voiceai.api import calls, fork, live, routes, viewer
 from voiceai.api.deps import Services
 from voiceai.audio.turns import TurnConfig
 from voiceai.call import CallPolicy, CallRegistry, Engines
@@ -133,6 +133,7 @@ def create_app(
     app.include_router(calls.router)
     app.include_router(fork.router)
     app.include_router(live.router)
+    app.include_router(viewer.router)
     return app
 
 

@@ -107,12 +107,16 @@
   // -- token ----------------------------------------------------------------------------------
 
   function loadToken() {
-    // A link like https://host/#token=... sets the token; a fragment never leaves the browser.
-    const fromHash = new URLSearchParams(location.hash.slice(1)).get("token");
-    if (fromHash) {
-      saveToken(fromHash);
-      history.replaceState(null, "", location.pathname + location.search);
-      return fromHash;
+    // A link like https://host/#token=... sets the token (a fragment never leaves the browser);
+    // ?token= works too. Either is saved, then taken out of the address bar and history.
+    const query = new URLSearchParams(location.search);
+    const given = new URLSearchParams(location.hash.slice(1)).get("token") || query.get("token");
+    if (given) {
+      saveToken(given);
+      query.delete("token");
+      const rest = query.toString();
+      history.replaceState(null, "", location.pathname + (rest ? `?${rest}` : ""));
+      return given;
     }
     try {
       return localStorage.getItem(TOKEN_KEY) || "";
@@ -195,14 +199,10 @@
     return `api/calls/${encodeURIComponent(id)}/${action}`;
   }
 
+  // FreeSWITCH's state at connect time (503 still has the JSON body); esl.state events follow.
   async function refreshReady() {
-    try {
-      const response = await fetch("readyz", { cache: "no-store" });
-      const body = await response.json();
-      if (body && typeof body.esl === "string") setEsl(body.esl);
-    } catch {
-      // /readyz is a courtesy here; the live socket says the rest.
-    }
+    const result = await api("GET", "readyz");
+    if (result.data && typeof result.data.esl === "string") setEsl(result.data.esl);
   }
 
   async function loadRecentEnded() {
@@ -235,6 +235,7 @@
   function setConn(state, text) {
     connEl.dataset.state = state;
     connEl.textContent = text;
+    document.body.dataset.conn = state; // what is shown may be stale while not live
   }
 
   function setEsl(state) {
@@ -409,6 +410,7 @@
     let active = 0;
     for (const call of calls.values()) if (!call.ended) active += 1;
     countEl.textContent = active ? `${active} active` : "";
+    document.title = active ? `(${active}) voiceai · live calls` : "voiceai · live calls";
     emptyEl.hidden = calls.size > 0;
   }
 
@@ -697,7 +699,6 @@
           endCall(call, serverNow());
         }
       }
-      attempt = 0;
       loadRecentEnded();
     },
     "call.dialing"(call, data) {
