@@ -188,6 +188,8 @@ class CallSession:
             return
         if self._early is not None and not self._early[1].done():
             return  # the (probably final) transcript is under way: leave the CPU to it
+        if self._detector.trailing_silence_ms > 0:
+            return  # partials follow speech; in a pause the final transcript and reply need the CPU
         so_far = self._detector.turn_so_far()
         if so_far is None:
             return

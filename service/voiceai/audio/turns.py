@@ -107,6 +107,11 @@ class TurnDetector:
         """
         return self._voiced_ms if self._in_turn else 0
 
+    @property
+    def trailing_silence_ms(self) -> int:
+        """Silence since the caller's last voiced frame in this turn (0 outside a turn)."""
+        return self._silence_ms if self._in_turn else 0
+
     def turn_so_far(self) -> tuple[np.ndarray, int] | None:
         """The audio of the turn in progress and its start, for a partial transcript."""
         if not self._in_turn:
