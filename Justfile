@@ -16,7 +16,7 @@ setup:
         || { echo "voiceai needs Python 3.11 or newer (python3 is $(python3 -V))" >&2; exit 1; }
     # espeak-ng: TTS fallback and test voices; cmake + g++: llama-cpp-python builds from source;
     # chromium: the viewer's browser tests (driven by Python playwright, never its own browser).
-    apt_packages=(espeak-ng cmake g++ make chromium)
+    apt_packages=(espeak-ng cmake g++ make chromium iproute2)
     python3 -c 'import ensurepip' 2>/dev/null || apt_packages+=(python3-venv)
     python3 -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
         || apt_packages+=(python3-dev)

@@ -6,6 +6,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 import wave
 from pathlib import Path
 
@@ -169,3 +170,40 @@ def test_live_socket_needs_the_token_when_set(service_factory) -> None:
         },
     )
     assert response.status_code == 401
+
+
+def test_serve_without_a_token_listens_on_loopback_only_and_says_so(tmp_path: Path) -> None:
+    from tests.conftest import free_port
+
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("VOICEAI_")},
+        "VOICEAI_HOST": "0.0.0.0",
+        "VOICEAI_PORT": str(port),
+        "HF_HUB_OFFLINE": "1",
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "voiceai", "serve"],
+        env=env,
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline and server.poll() is None, "did not start"
+                time.sleep(0.2)
+        listening = subprocess.run(
+            ["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True
+        ).stdout
+    finally:
+        server.terminate()
+        _, stderr = server.communicate(timeout=30)
+    assert "no VOICEAI_API_TOKEN set: listening on 127.0.0.1 only" in stderr
+    local_addresses = {line.split()[3] for line in listening.splitlines()}
+    assert local_addresses == {f"127.0.0.1:{port}"}
