@@ -403,3 +403,30 @@ def test_bot_played_audio_matches_the_call_rate(
     assert len(played) == 1
     duration = played[0].stopped_at - played[0].started_at
     assert 1.5 < duration < 6, duration  # "Hello, thank you for calling..." spoken at normal pace
+
+
+def test_a_reply_freeswitch_cannot_play_is_reported_and_the_bot_listens_again(
+    service_factory, tts, ollama, speech: Speech
+) -> None:
+    async def ignore(server: Any, channel: Any, arg: str) -> None:
+        return None  # like FreeSWITCH with a file it cannot open: no PLAYBACK events at all
+
+    async def scenario() -> tuple[PhoneCall, dict]:
+        async with talking_service(service_factory, tts, ollama_url=ollama.url, greeting="") as (
+            switch,
+            service,
+        ):
+            switch.app_handlers["playback"] = ignore
+            async with PhoneCall(switch, service.ws, rate=RATE) as call:
+                await call.dial()
+                call.say(caller_says(speech, "booking"))
+                await call.wait_event(events.BOT_SAID, limit_s=60)
+                await call.wait_bot_done()
+                await call.end()
+            record = await asyncio.to_thread(service.wait_for_call, call.call_id)
+            return call, record
+
+    call, record = asyncio.run(scenario())
+    errors = [e for e in record["errors"] if e["kind"] == "playback"]
+    assert errors and "VOICEAI_MEDIA_DIR" in errors[0]["message"]
+    assert call.log.of(events.BOT_SAID)[0]["data"]["text"] == ""  # nothing was heard

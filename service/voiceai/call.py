@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 VAD_FRAME_MS = 20
 DRAIN_TIMEOUT_S = 60.0  # longest a hung-up call waits for its last transcriptions
 BREAK_CONFIRM_S = 2.0  # longest wait for FreeSWITCH to confirm a break with PLAYBACK_STOP
+PLAYBACK_SLACK_S = 5.0  # beyond the queued audio's length, before playback counts as lost
 PARTIAL_EVERY_MS = 1000  # a partial transcript about once a second while the caller speaks
 HANGUP_CAUSE_WAIT_S = 1.0  # the fork often closes just before CHANNEL_HANGUP_COMPLETE arrives
 
@@ -387,8 +388,21 @@ class CallSession:
         return self._dialog.language or "en"
 
     async def _playback_idle(self) -> None:
-        if self._playback is not None:
-            await self._playback.wait_idle()
+        """Until FreeSWITCH has played everything queued; never longer than it could take."""
+        if self._playback is None:
+            return
+        limit = self._playback.remaining_s() + PLAYBACK_SLACK_S
+        try:
+            await asyncio.wait_for(self._playback.wait_idle(), limit)
+        except TimeoutError:
+            # FreeSWITCH sends no PLAYBACK events for a file it cannot open.
+            message = (
+                f"FreeSWITCH did not play the reply within {limit:.0f} s; is "
+                "VOICEAI_MEDIA_DIR the same folder (same path) for FreeSWITCH and the service?"
+            )
+            log.error("call %s: %s", self.call_id, message)
+            self._bus.publish(events.CALL_ERROR, self.call_id, kind="playback", message=message)
+            self._playback.abandon()
 
     def _finish_reply(self, full: str, *, interrupted: bool) -> None:
         heard = self._playback.take_heard() if self._playback else ""

@@ -99,6 +99,10 @@ class PlaybackQueue:
             log.warning("call %s: could not break playback: %s", self._uuid, exc)
             self.abandon()
 
+    def remaining_s(self) -> float:
+        """Audio queued and not yet finished, in seconds (an upper bound on the wait)."""
+        return sum(item.duration_s for item in self._items if not item.finished)
+
     def heard_text(self) -> str:
         return " ".join(t for t in (item.heard for item in self._items) if t).strip()
 
