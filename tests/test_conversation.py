@@ -430,3 +430,33 @@ def test_a_reply_freeswitch_cannot_play_is_reported_and_the_bot_listens_again(
     errors = [e for e in record["errors"] if e["kind"] == "playback"]
     assert errors and "VOICEAI_MEDIA_DIR" in errors[0]["message"]
     assert call.log.of(events.BOT_SAID)[0]["data"]["text"] == ""  # nothing was heard
+
+
+def test_losing_the_event_socket_is_recorded_and_the_service_reconnects(
+    service_factory, tts, ollama, speech: Speech
+) -> None:
+    async def scenario() -> tuple[dict, PhoneCall]:
+        async with talking_service(service_factory, tts, ollama_url=ollama.url, greeting="") as (
+            switch,
+            service,
+        ):
+            async with PhoneCall(switch, service.ws, rate=RATE) as call:
+                await call.dial()
+                await call.wait_event(events.CALL_STARTED)
+                switch.drop_event_sockets()
+                await call.wait_for(
+                    lambda log: any(e["data"]["kind"] == "esl" for e in log.of(events.CALL_ERROR))
+                )
+                deadline = time.monotonic() + 20  # the service reconnects by itself
+                while (await asyncio.to_thread(service.get, "/readyz")).status_code != 200:
+                    assert time.monotonic() < deadline, "the service did not reconnect"
+                    await asyncio.sleep(0.2)
+                await call.converse([caller_says(speech, "booking")])  # and still answers
+                await call.end()
+            record = await asyncio.to_thread(service.wait_for_call, call.call_id)
+            return record, call
+
+    record, call = asyncio.run(scenario())
+    lost = [e for e in record["errors"] if e["kind"] == "esl"]
+    assert lost and "connection lost" in lost[0]["message"]
+    assert call.log.of(events.BOT_SAID)

@@ -302,7 +302,7 @@ class CallSession:
             )
             log.warning("call %s: listening only, cannot speak: %s", self.call_id, why)
             self._bus.publish(
-                events.CALL_ERROR, self.call_id, kind="esl", message=f"cannot speak: {why}"
+                events.CALL_ERROR, self.call_id, kind="cannot_speak", message=f"cannot speak: {why}"
             )
         return ready
 

@@ -740,6 +740,12 @@ class EslServer:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+    def drop_event_sockets(self) -> None:
+        """Cut every ESL client's TCP connection (a network blip); calls and forks go on."""
+        for listener in list(self._listeners):
+            listener.abort()
+        self._listeners.clear()
+
     def crash(self, reason: str = "segmentation fault") -> None:
         """Die like a segfaulting FreeSWITCH: every socket dropped, no goodbye, no listener."""
         if self.crashed:
