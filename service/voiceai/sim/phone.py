@@ -154,7 +154,8 @@ class PhoneCall:
     @property
     def speaks(self) -> bool:
         """False when the service reported it cannot speak (no ESL, no engines)."""
-        return not any(e["data"].get("kind") == "cannot_speak" for e in self.log.of(events.CALL_ERROR))
+        errors = self.log.of(events.CALL_ERROR)
+        return not any(e["data"].get("kind") == "cannot_speak" for e in errors)
 
     async def end(self, limit_s: float = 60.0) -> None:
         await self.hangup()
