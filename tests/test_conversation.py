@@ -154,11 +154,7 @@ def test_caller_talking_over_the_bot_interrupts_it_quickly(
             ):
                 await call.dial()
                 call.say(caller_says(speech, "booking"))
-                await call.wait_for(
-                    lambda log: any(
-                        e["data"]["state"] == "speaking" for e in log.of(events.CALL_STATE)
-                    )
-                )
+                await call.wait_state("speaking")
                 await asyncio.sleep(1.0)  # a second into the reply
                 spoke_at = time.monotonic()
                 call.say(caller_says(speech, "callback"))
@@ -193,11 +189,7 @@ def test_a_short_mhm_does_not_interrupt(service_factory, tts, speech: Speech) ->
             ):
                 await call.dial()
                 call.say(caller_says(speech, "pharmacy"))
-                await call.wait_for(
-                    lambda log: any(
-                        e["data"]["state"] == "speaking" for e in log.of(events.CALL_STATE)
-                    )
-                )
+                await call.wait_state("speaking")
                 await asyncio.sleep(0.8)
                 call.say(mhm)
                 await call.wait_event(events.BOT_SAID)
@@ -300,11 +292,7 @@ def test_hangup_while_thinking_cancels_the_work(service_factory, tts, speech: Sp
                 async with PhoneCall(switch, service.ws, rate=RATE) as call:
                     await call.dial()
                     call.say(caller_says(speech, "booking"))
-                    await call.wait_for(
-                        lambda log: any(
-                            e["data"]["state"] == "thinking" for e in log.of(events.CALL_STATE)
-                        )
-                    )
+                    await call.wait_state("thinking")
                     await asyncio.sleep(0.5)
                     await call.switch.hangup(call.call_id, "ORIGINATOR_CANCEL")
                     await call.wait_event(events.CALL_ENDED)

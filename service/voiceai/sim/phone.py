@@ -130,6 +130,13 @@ class PhoneCall:
         await self.wait_for(lambda log: len(log.of(type_)) >= count, limit_s)
         return self.log.of(type_)[count - 1]
 
+    async def wait_state(self, state: str, limit_s: float = 60.0) -> None:
+        """Until the call has been in `state` (listening, thinking, speaking...)."""
+        await self.wait_for(
+            lambda log: any(e["data"]["state"] == state for e in log.of(events.CALL_STATE)),
+            limit_s,
+        )
+
     async def wait_bot_done(self, limit_s: float = 60.0) -> None:
         """Until the bot has finished what it was saying (or never started)."""
         await self.wait_for(_bot_idle, limit_s)
