@@ -15,7 +15,8 @@ setup:
     python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
         || { echo "voiceai needs Python 3.11 or newer (python3 is $(python3 -V))" >&2; exit 1; }
     # espeak-ng: TTS fallback and test voices; cmake + g++: llama-cpp-python builds from source;
-    # chromium: the viewer's browser tests (driven by Python playwright, never its own browser).
+    # chromium: the viewer's browser tests (driven by Python playwright, never its own browser);
+    # iproute2: `ss`, to check what the service listens on.
     apt_packages=(espeak-ng cmake g++ make chromium iproute2)
     python3 -c 'import ensurepip' 2>/dev/null || apt_packages+=(python3-venv)
     python3 -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
