@@ -9,7 +9,6 @@ for the same audio, and the service's own added latency (end of turn → first p
 from __future__ import annotations
 
 import asyncio
-import socket
 import statistics
 import tempfile
 import threading
@@ -25,6 +24,7 @@ from voiceai.audio.pcm import decode_file, resample, to_float
 from voiceai.config import Settings
 from voiceai.engines.stt import WHISPER_RATE, WhisperSTT
 from voiceai.engines.tts import build_tts
+from voiceai.sim.demo import free_port
 from voiceai.sim.esl_server import EslServer
 from voiceai.sim.ollama_server import OllamaEmulator
 from voiceai.sim.phone import PhoneCall
@@ -41,12 +41,6 @@ LINES = [
 ]
 ROUNDS = 3  # each line is said this many times
 STAGES = events.LATENCY_STAGES
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pct(values: list[int], q: float) -> int:

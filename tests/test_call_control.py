@@ -292,9 +292,11 @@ def test_metrics_count_calls_and_turns_behind_the_token(service_factory, speech:
     call = ForkCall(service.ws, "counted", audio, ForkStreamOptions(speed=0))
     asyncio.run(place(call, token=TOKEN))
     service.wait_for_call("counted")
-    time.sleep(0.2)  # metrics are counted from the same events, asynchronously
     assert service.get("/metrics").status_code == 401
-    text = service.get("/metrics", headers=AUTH).text
+    deadline = time.monotonic() + 10  # metrics are counted from the same events, asynchronously
+    while "voiceai_active_calls 0.0" not in (text := service.get("/metrics", headers=AUTH).text):
+        assert time.monotonic() < deadline, text
+        time.sleep(0.05)
     assert 'voiceai_calls_total{direction="inbound",outcome="completed"} 1.0' in text
     assert 'voiceai_turns_total{speaker="caller"} 1.0' in text
     assert "voiceai_active_calls 0.0" in text

@@ -273,7 +273,7 @@ def test_dtmf_digit_transfers_to_a_person_and_the_bot_goes_quiet(
             return (
                 call,
                 list(switch.commands),
-                played_before - len(switch.channels[call.call_id].played),
+                len(switch.channels[call.call_id].played) - played_before,
             )
 
     call, commands, extra_played = asyncio.run(scenario())

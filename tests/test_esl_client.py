@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 import threading
 import time
 from collections import defaultdict
@@ -19,6 +18,7 @@ import pytest
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from tests.conftest import free_port
 from voiceai.sim.esl_server import EslServer, fs_split
 from voiceai.telephony import commands
 from voiceai.telephony.commands import CommandError, encode_metadata
@@ -102,12 +102,6 @@ async def until(predicate: Callable[[], bool], timeout_s: float = WAIT) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.01)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def held_handler(release: asyncio.Event, reply: str = "+OK late reply\n") -> Any:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import socket
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager
@@ -19,6 +18,7 @@ import pytest
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from tests.conftest import free_port
 from voiceai.sim.esl_server import DISCONNECT_MESSAGE, EslServer, fs_split, fs_url_encode
 from voiceai.telephony.fork import SUBPROTOCOL
 
@@ -155,12 +155,6 @@ async def running_server(password: str = PASSWORD) -> AsyncIterator[EslServer]:
     finally:
         await server.stop()
         RawClient.close_all()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def tone(seconds: float, rate: int) -> bytes:

@@ -19,6 +19,7 @@ def test_readme_documents_every_setting() -> None:
 
 def test_ci_runs_the_readme_test_command() -> None:
     readme = (ROOT / "README.md").read_text()
-    command = re.search(r"^(pip install rust-just && just test)\b", readme, re.M)
+    command = re.search(r"^pip install rust-just && just test\b.*$", readme, re.M)
     assert command is not None
-    assert command.group(1) in (ROOT / ".ci/run").read_text()
+    ci_lines = (ROOT / ".ci/run").read_text().splitlines()
+    assert command.group(0) in ci_lines  # the whole line, comment included
