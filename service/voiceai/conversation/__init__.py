@@ -1,0 +1,1 @@
+"""One call's conversation: listening, replying, and the states that govern both."""
