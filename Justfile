@@ -60,7 +60,7 @@ bench: setup
 
 # Containers: check freeswitch/conf and .env, then build and start FreeSWITCH, the service, Ollama.
 up:
-    PYTHONPATH=service python3 -m voiceai.telephony.fs_config freeswitch/conf --env-file .env
+    PYTHONPATH=service python3 -m voiceai.deploy.freeswitch_config freeswitch/conf --env-file .env
     docker compose up -d --build
 
 # Stop the containers (the volumes stay).

@@ -25,7 +25,7 @@ from voiceai.config import Settings
 from voiceai.engines.stt import WHISPER_RATE, WhisperSTT
 from voiceai.engines.tts import build_tts
 from voiceai.sim.demo import free_port
-from voiceai.sim.esl_server import EslServer
+from voiceai.sim.freeswitch import EslServer
 from voiceai.sim.ollama_server import OllamaEmulator
 from voiceai.sim.phone import PhoneCall
 from voiceai.sim.simulate import wait_ready

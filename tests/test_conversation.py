@@ -16,7 +16,7 @@ from tests.speech import KEYWORDS, Speech
 from voiceai import events
 from voiceai.audio.pcm import decode_file, to_float
 from voiceai.engines.stt import WhisperSTT
-from voiceai.sim.esl_server import EslServer
+from voiceai.sim.freeswitch import EslServer
 from voiceai.sim.ollama_server import OllamaEmulator
 from voiceai.sim.phone import PhoneCall
 

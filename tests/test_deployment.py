@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from voiceai.telephony import fs_config
-from voiceai.telephony.fs_config import check_environment, check_freeswitch, read_env_file
+from voiceai.deploy import freeswitch_config
+from voiceai.deploy.freeswitch_config import check_environment, check_freeswitch, read_env_file
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "freeswitch" / "conf"
@@ -270,7 +270,7 @@ def _env_set_names() -> set[str]:
 
 def test_every_variable_freeswitch_reads_is_checked_documented_and_passed() -> None:
     read = _env_set_names() | {"VOICEAI_ESL_PASSWORD"}  # the last through esl-password.sh
-    assert read == set(fs_config.FREESWITCH_ENV)
+    assert read == set(freeswitch_config.FREESWITCH_ENV)
     example = set(re.findall(r"^#? ?([A-Z][A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.M))
     assert read - example == set(), "missing from .env.example"
     compose = (ROOT / "compose.yaml").read_text()
@@ -282,7 +282,7 @@ def test_every_variable_freeswitch_reads_is_checked_documented_and_passed() -> N
 def test_filled_env_example_passes_and_blank_one_names_what_is_missing(tmp_path: Path) -> None:
     example = read_env_file(ROOT / ".env.example")
     assert sorted(check_environment(example)) == sorted(
-        f"{name} is not set" for name in fs_config.REQUIRED_ENV
+        f"{name} is not set" for name in freeswitch_config.REQUIRED_ENV
     )
     assert check_environment({**example, **FILLED}) == []
 
@@ -335,18 +335,18 @@ def test_esl_password_is_the_environments_or_a_random_one() -> None:
 
 
 def test_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert fs_config.main([str(CONF)]) == 0
+    assert freeswitch_config.main([str(CONF)]) == 0
     assert "passed every check" in capsys.readouterr().out
     env = tmp_path / ".env"
     env.write_text("".join(f"{k}={v}\n" for k, v in FILLED.items()))
-    assert fs_config.main([str(CONF), "--env-file", str(env)]) == 0
+    assert freeswitch_config.main([str(CONF), "--env-file", str(env)]) == 0
     env.write_text("RC_USERNAME=abc\n")
-    assert fs_config.main([str(CONF), "--env-file", str(env)]) == 1
+    assert freeswitch_config.main([str(CONF), "--env-file", str(env)]) == 1
     assert "RC_PASSWORD is not set" in capsys.readouterr().err
     broken = tmp_path / "broken"
     shutil.copytree(CONF, broken)
     (broken / PUBLIC).write_text("<include>")
-    assert fs_config.main([str(broken)]) == 1
+    assert freeswitch_config.main([str(broken)]) == 1
 
 
 # --- containers ----------------------------------------------------------------------------

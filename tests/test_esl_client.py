@@ -19,7 +19,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import free_port
-from voiceai.sim.esl_server import EslServer, fs_split
+from voiceai.sim.freeswitch import EslServer, fs_split
 from voiceai.telephony import commands
 from voiceai.telephony.commands import CommandError, encode_metadata
 from voiceai.telephony.esl import LOST, EslClient, EslEvent, EslNotConnected, EslTimeout

@@ -19,7 +19,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import free_port
-from voiceai.sim.esl_server import DISCONNECT_MESSAGE, EslServer, fs_split, fs_url_encode
+from voiceai.sim.freeswitch import DISCONNECT_MESSAGE, EslServer, fs_split, fs_url_encode
 from voiceai.telephony.fork import SUBPROTOCOL
 
 PASSWORD = "ClueCon"

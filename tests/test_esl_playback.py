@@ -17,7 +17,7 @@ import pytest
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from voiceai.sim.esl_server import Channel, EslServer
+from voiceai.sim.freeswitch import Channel, EslServer
 from voiceai.telephony.fork import SUBPROTOCOL
 
 PASSWORD = "ClueCon"

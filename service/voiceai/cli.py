@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     if args.command == "check-freeswitch":  # needs no service settings
-        from voiceai.telephony.fs_config import run
+        from voiceai.deploy.freeswitch_config import run
 
         return run(args.directory, args.env_file)
     try:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from voiceai.audio.pcm import decode_file
 from voiceai.config import load_settings
-from voiceai.sim.esl_server import EslServer
 from voiceai.sim.fork_client import CallAudio
+from voiceai.sim.freeswitch import EslServer
 from voiceai.sim.simulate import simulate_call
 from voiceai.sim.voices import synthesize_caller
 

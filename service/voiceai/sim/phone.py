@@ -20,8 +20,8 @@ import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
 
 from voiceai import events
-from voiceai.sim.esl_server import Channel, EslServer
 from voiceai.sim.fork_client import compact_json
+from voiceai.sim.freeswitch import Channel, EslServer
 
 FORK_BUG = "voiceai"
 TAKE_TIMEOUT_S = 10.0  # the dialplan's deadline for the service to take the call

@@ -24,8 +24,8 @@ from websockets.exceptions import InvalidHandshake
 
 from voiceai import events
 from voiceai.config import Settings
-from voiceai.sim.esl_server import EslServer
 from voiceai.sim.fork_client import CallAudio, ForkCall, ForkStreamOptions
+from voiceai.sim.freeswitch import EslServer
 from voiceai.sim.phone import PhoneCall
 from voiceai.telephony.fork import check_rate
 
