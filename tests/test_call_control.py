@@ -19,7 +19,7 @@ from tests.speech import KEYWORDS, Speech
 from tests.test_conversation import RATE, caller_says, heard_by_caller, talking_service
 from voiceai import events
 from voiceai.engines.stt import WhisperSTT
-from voiceai.events import EventBus
+from voiceai.events import CallStarted, EventBus, SpeechStarted
 from voiceai.sim.ollama_server import OllamaEmulator
 from voiceai.sim.phone import PhoneCall
 from voiceai.store import CallStore
@@ -220,9 +220,13 @@ def test_a_slow_viewer_loses_old_events_instead_of_slowing_calls() -> None:
         with bus.subscribe(maxsize=10) as slow:
             started = time.perf_counter()
             for i in range(5000):
-                bus.publish("x", "call", i=i)
+                bus.publish(SpeechStarted(call_id="call", at_ms=i))
             elapsed = time.perf_counter() - started
-            kept = [slow.queue.get_nowait().data["i"] for _ in range(slow.queue.qsize())]
+            kept = [
+                event.at_ms
+                for event in (slow.queue.get_nowait() for _ in range(slow.queue.qsize()))
+                if isinstance(event, SpeechStarted)
+            ]
             return elapsed, slow.dropped, kept
 
     elapsed, dropped, kept = asyncio.run(scenario())
@@ -250,7 +254,7 @@ def test_records_are_migrated_pruned_and_survive_restarts(tmp_path: Path) -> Non
     async def scenario() -> tuple[int, dict | None, dict | None]:
         store = CallStore(f"sqlite:///{db}")
         bus = EventBus()
-        bus_event = bus.publish(events.CALL_STARTED, "fresh", caller="+1555", direction="inbound")
+        bus_event = bus.publish(CallStarted(call_id="fresh", caller="+1555", direction="inbound"))
         await store.apply(bus_event)
         pruned = await store.prune(90)
         await store.aclose()

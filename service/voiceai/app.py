@@ -13,8 +13,9 @@ from voiceai import __version__, events
 from voiceai.api import calls, fork, live, routes, viewer
 from voiceai.api.deps import Services
 from voiceai.audio.turns import TurnConfig
-from voiceai.call import CallPolicy, CallRegistry, Engines
 from voiceai.config import Settings
+from voiceai.conversation.registry import CallRegistry
+from voiceai.conversation.session import CallPolicy, Engines
 from voiceai.engines.llm import LanguageModel, build_llm
 from voiceai.engines.stt import SpeechToText, WhisperSTT
 from voiceai.engines.tts import SpeechSynthesizer, build_tts
@@ -22,6 +23,7 @@ from voiceai.events import EventBus
 from voiceai.metrics import Metrics
 from voiceai.prompts import PromptCache
 from voiceai.store import CallStore, record_events
+from voiceai.telephony.control import EslCallControl
 from voiceai.telephony.esl import EslClient, EslEvent
 
 log = logging.getLogger(__name__)
@@ -100,10 +102,11 @@ def create_app(
         llm_engine = llm or (await build_llm(settings) if esl is not None else None)
         warm_up = asyncio.create_task(_warm_up(llm_engine))
         prompts = PromptCache(tts_engine, settings.media_dir / "prompts")
-        engines = Engines(stt_engine, llm_engine, tts_engine, esl, prompts, bus)
+        control = EslCallControl(esl) if esl is not None else None
+        engines = Engines(stt_engine, llm_engine, tts_engine, control, prompts, bus)
         metrics = Metrics()
         app.state.services = Services(
-            settings, bus, store, engines, call_policy(settings), calls, metrics
+            settings, bus, store, engines, esl, call_policy(settings), calls, metrics
         )
         recorder = asyncio.create_task(record_events(bus, store), name="recorder")
         counting = asyncio.create_task(metrics.consume(bus), name="metrics")
@@ -181,20 +184,19 @@ def _event_socket(settings: Settings, calls: CallRegistry, bus: EventBus) -> Esl
 
     async def route(event: EslEvent) -> None:
         # Events are routed by the JSON body's Unique-ID only (caller data cannot forge it).
-        call = calls.get(event.uuid or "")
-        if call is not None:
-            call.on_esl_event(event)
-        elif event.name == "CHANNEL_HANGUP_COMPLETE" and event.uuid:
-            bus.publish(events.CALL_HANGUP, event.uuid, cause=event.headers.get("Hangup-Cause"))
+        if calls.deliver(event):
+            return
+        if event.name == "CHANNEL_HANGUP_COMPLETE" and event.uuid:
+            cause = event.headers.get("Hangup-Cause")
+            bus.publish(events.CallHangup(call_id=event.uuid, cause=cause))
         elif event.subclass == "mod_audio_fork::connect_failed":
             log.error("FreeSWITCH could not connect the fork of %s: %s", event.uuid, event.body)
 
     def state_changed(state: str) -> None:
         log.info("FreeSWITCH event socket %s", state)
-        bus.publish(events.ESL_STATE, "", state=state)
+        bus.publish(events.EslState(state=state))  # type: ignore[arg-type]
         if state == "disconnected":
-            for call in calls.all():
-                call.on_esl_lost()
+            calls.connection_lost()
 
     esl.on_event(route)
     esl.on_state(state_changed)

@@ -7,7 +7,6 @@ import logging
 import math
 import re
 from dataclasses import dataclass
-from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -19,11 +18,25 @@ from prometheus_client import (
 )
 
 from voiceai import events
-from voiceai.events import Event, EventBus
+from voiceai.events import (
+    BargeIn,
+    BaseEvent,
+    BotSaid,
+    CallDialing,
+    CallEnded,
+    CallError,
+    CallStarted,
+    CallTransferred,
+    EslState,
+    EventBus,
+    TranscriptFinal,
+    TtsAudio,
+    TurnLatency,
+)
 
 log = logging.getLogger(__name__)
 
-# The stages a `turn.latency` event may carry; other keys are ignored so the label set is fixed.
+# The stages a `turn.latency` event may carry: the fixed set of `stage` label values.
 STAGES = events.LATENCY_STAGES
 # call.error kinds that mean the bot let the caller down (other kinds are reported, not fatal).
 FAILING_KINDS = frozenset({"llm", "tts", "stt", "internal", "esl", "originate"})
@@ -47,6 +60,7 @@ _LABEL = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 @dataclass
 class _Call:
     direction: str
+    dialled: bool = False  # placed by us (call.dialing): outbound, whatever call.started says
     started: bool = False
     failed: bool = False
     transferred: bool = False
@@ -120,7 +134,7 @@ class Metrics:
     # -- feeding -------------------------------------------------------------------------------
 
     async def consume(self, bus: EventBus) -> None:
-        """Observes every event for the app's lifetime; a malformed event is logged and skipped.
+        """Observes every event for the app's lifetime; one that fails is logged and skipped.
 
         When cancelled it first observes what is still queued, like the call recorder.
         """
@@ -133,71 +147,50 @@ class Metrics:
                     self._observe_safely(sub.queue.get_nowait())
                 raise
 
-    def _observe_safely(self, event: Event) -> None:
+    def _observe_safely(self, event: BaseEvent) -> None:
         try:
             self.observe(event)
-        except (KeyError, TypeError, ValueError) as exc:
-            log.warning(
-                "metrics: skipped malformed %s event (call %r): %s", event.type, event.call_id, exc
-            )
         except Exception:
             log.exception("metrics: could not observe %s (call %r)", event.type, event.call_id)
 
-    def observe(self, event: Event) -> None:
-        """Updates the metrics for one event; raises ValueError/TypeError/KeyError if malformed.
-
-        A malformed measurement event is rejected whole (nothing of it is counted); call start
-        and end are never rejected, so the active-calls gauge cannot get stuck.
-        """
-        data = event.data
-        kind = event.type
-        if kind == events.CALL_DIALING:
-            self._track(event.call_id).direction = "outbound"
-        elif kind == events.CALL_STARTED:
-            self._started(event.call_id, _direction(data.get("direction")))
-        elif kind == events.CALL_ENDED:
-            self._ended(event.call_id, data.get("transferred") is True)
-        elif kind == events.CALL_TRANSFERRED:
-            if (call := self._calls.get(event.call_id)) is not None:
-                call.transferred = True
-        elif kind == events.CALL_ERROR:
-            label = _label(data.get("kind"))
-            self.errors.labels(label).inc()
-            if label in FAILING_KINDS and (call := self._calls.get(event.call_id)) is not None:
-                call.failed = True
-        elif kind == events.TRANSCRIPT_FINAL:
-            stt_ms = _optional_number(data, "stt_ms")
-            audio_s = _optional_number(data, "audio_s")
-            self.turns.labels("caller").inc()
-            if stt_ms is not None and audio_s is not None and audio_s > 0:
-                self.stt_rtf.observe(max(stt_ms, 0.0) / 1000 / audio_s)
-        elif kind == events.BOT_SAID:
-            self.turns.labels("bot").inc()
-        elif kind == events.BARGE_IN:
-            self.barge_ins.inc()
-        elif kind == events.TURN_LATENCY:
-            stages = {stage: _optional_number(data, stage) for stage in STAGES}
-            for stage, ms in stages.items():
-                if ms is not None:
+    def observe(self, event: BaseEvent) -> None:
+        """Updates the metrics for one event. The models guarantee the fields' types; what is
+        left to check is that a measurement is finite and that a label value is one of few."""
+        match event:
+            case CallDialing():
+                call = self._track(event.call_id)
+                call.direction, call.dialled = "outbound", True
+            case CallStarted():
+                self._started(event.call_id, _direction(event.direction))
+            case CallEnded():
+                self._ended(event.call_id, event.transferred)
+            case CallTransferred():
+                if (call := self._calls.get(event.call_id)) is not None:
+                    call.transferred = True
+            case CallError():
+                label = _label(event.kind)
+                self.errors.labels(label).inc()
+                if label in FAILING_KINDS and (call := self._calls.get(event.call_id)) is not None:
+                    call.failed = True
+            case TranscriptFinal():
+                self.turns.labels("caller").inc()
+                if (rtf := _real_time_factor(event)) is not None:
+                    self.stt_rtf.observe(rtf)
+            case BotSaid():
+                self.turns.labels("bot").inc()
+            case BargeIn():
+                self.barge_ins.inc()
+            case TurnLatency():
+                for stage, ms in event.stages.items():
                     # The transcript is often ready before the turn officially ends: count as 0.
-                    self.turn_stages.labels(stage).observe(max(ms, 0.0) / 1000)
-        elif kind == events.TTS_AUDIO:
-            engine = data["engine"]
-            if not isinstance(engine, str):
-                raise TypeError(f"engine={engine!r} is not a string")
-            fallback = data.get("fallback", False)
-            if not isinstance(fallback, bool):
-                raise TypeError(f"fallback={fallback!r} is not a boolean")
-            synth_ms = _number(data, "synth_ms")
-            engine = _label(engine)
-            self.tts_seconds.labels(engine).observe(max(synth_ms, 0.0) / 1000)
-            if fallback:
-                self.tts_fallbacks.labels(engine).inc()
-        elif kind == events.ESL_STATE:
-            state = data.get("state")
-            if state not in ESL_STATES:
-                raise ValueError(f"unknown event socket state {state!r}")
-            self.esl_connected.set(ESL_STATES[state])
+                    self.turn_stages.labels(stage).observe(max(ms, 0) / 1000)
+            case TtsAudio():
+                engine = _label(event.engine)
+                self.tts_seconds.labels(engine).observe(max(event.synth_ms, 0) / 1000)
+                if event.fallback:
+                    self.tts_fallbacks.labels(engine).inc()
+            case EslState():
+                self.esl_connected.set(ESL_STATES[event.state])
 
     def _track(self, call_id: str) -> _Call:
         call = self._calls.get(call_id)
@@ -216,7 +209,7 @@ class Metrics:
 
     def _started(self, call_id: str, direction: str | None) -> None:
         call = self._track(call_id)
-        if direction is not None:
+        if direction is not None and not call.dialled:
             call.direction = direction
         if not call.started:  # a repeated call.started is the same call, not a second one
             call.started = True
@@ -243,28 +236,27 @@ class Metrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
-def _optional_number(data: dict[str, Any], key: str) -> float | None:
-    return None if data.get(key) is None else _number(data, key)
+def _finite(value: float | None) -> float | None:
+    """None for a missing or non-finite number (NaN and infinities are valid pydantic floats,
+    but would poison a histogram's sum for good)."""
+    return value if value is not None and math.isfinite(value) else None
 
 
-def _number(data: dict[str, Any], key: str) -> float:
-    value = data[key]
-    # bool is an int subclass, but True ms is a producer bug, not a measurement.
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise TypeError(f"{key}={value!r} is not a finite number")
-    return float(value)
-
-
-def _label(value: object) -> str:
-    if isinstance(value, str) and _LABEL.fullmatch(value):
-        return value
-    return "other"
-
-
-def _direction(value: object) -> str | None:
-    """None keeps what call.dialing said (or inbound); unknown words become "other"."""
-    if value is None or value == "":
+def _real_time_factor(turn: TranscriptFinal) -> float | None:
+    """Transcription time over the audio's duration; None when either is unknown or unusable."""
+    audio_s = _finite(turn.audio_s)
+    if turn.stt_ms is None or audio_s is None or audio_s <= 0:
         return None
-    if isinstance(value, str) and value.lower() in DIRECTIONS:
-        return value.lower()
-    return "other"
+    return _finite(max(turn.stt_ms, 0) / 1000 / audio_s)  # a denormal audio_s gives inf
+
+
+def _label(value: str) -> str:
+    """`value` as a label if it is a tidy word, else "other" (free text must not make series)."""
+    return value if _LABEL.fullmatch(value) else "other"
+
+
+def _direction(value: str) -> str | None:
+    """None (empty) keeps what the call was (inbound by default); unknown words are "other"."""
+    if not value:
+        return None
+    return value.lower() if value.lower() in DIRECTIONS else "other"

@@ -26,8 +26,20 @@ from sqlalchemy import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
-from voiceai import events
-from voiceai.events import Event, EventBus
+from voiceai.events import (
+    BaseEvent,
+    BotSaid,
+    CallDialing,
+    CallEnded,
+    CallError,
+    CallHangup,
+    CallRecording,
+    CallStarted,
+    CallTransferred,
+    EventBus,
+    TranscriptFinal,
+    TtsAudio,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +84,39 @@ class TurnRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
-def _at(event: Event) -> datetime:
+def _at(event: BaseEvent) -> datetime:
     return datetime.fromtimestamp(event.at, UTC)
+
+
+def _update(row: CallRow, event: BaseEvent) -> None:
+    """Applies an event about a call already recorded (the caller skips calls never seen)."""
+    match event:
+        case CallEnded():
+            row.status = "failed" if row.status == "dialing" else "ended"
+            row.ended_at = _at(event)
+            row.end_reason = event.reason
+            row.hangup_cause = event.hangup_cause or row.hangup_cause
+        case CallHangup():
+            row.hangup_cause = event.cause
+        case CallTransferred():
+            row.transferred_to = event.to
+        case TtsAudio():
+            row.engines = _with_tts(dict(row.engines or {}), event.engine)
+        case CallRecording():
+            row.recording = event.path
+        case CallError():
+            error = {"kind": event.kind, "message": event.message, "at": event.at}
+            row.errors = [*(row.errors or []), error]
+
+
+def _with_tts(engines: dict[str, Any], engine: str | None) -> dict[str, Any]:
+    """`engines` with `tts` as the list of TTS engines of the call: the one configured when it
+    started (call.started's `engines.tts`), then each that spoke a sentence (a fallback too)."""
+    have = engines.get("tts") or []
+    tts = [have] if isinstance(have, str) else list(have)
+    if engine and engine not in tts:
+        tts.append(engine)
+    return {**engines, "tts": tts} if tts else engines
 
 
 class CallStore:
@@ -91,7 +134,7 @@ class CallStore:
     async def _run(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
-    async def apply(self, event: Event) -> None:
+    async def apply(self, event: BaseEvent) -> None:
         await self._run(self._apply, event)
 
     async def get_call(self, call_id: str) -> dict[str, Any] | None:
@@ -106,86 +149,67 @@ class CallStore:
         """Delete ended calls that started more than `older_than_days` ago; returns how many."""
         return await self._run(self._prune, older_than_days)
 
-    def _apply(self, event: Event) -> None:
+    def _apply(self, event: BaseEvent) -> None:
         with Session(self._engine) as db, db.begin():
-            data = event.data
-            if event.type == events.CALL_DIALING:
-                db.add(
-                    CallRow(
-                        id=event.call_id,
-                        status="dialing",
-                        direction="outbound",
-                        callee=data.get("to"),
-                        meta={},
-                        errors=[],
-                        engines={},
-                        started_at=_at(event),
+            match event:
+                case CallDialing():
+                    db.add(
+                        CallRow(
+                            id=event.call_id,
+                            status="dialing",
+                            direction="outbound",
+                            callee=event.to,
+                            meta={},
+                            errors=[],
+                            engines={},
+                            started_at=_at(event),
+                        )
                     )
-                )
-            elif event.type == events.CALL_STARTED:
-                row = db.get(CallRow, event.call_id)
-                dialled = row is not None and row.status == "dialing"
-                row = row or CallRow(id=event.call_id, meta={})
-                row.status = "active"
-                row.direction = "outbound" if dialled else data.get("direction") or "inbound"
-                row.engines = data.get("engines") or {}
-                row.caller = data.get("caller")
-                row.callee = data.get("callee") or row.callee
-                row.language = data.get("language")
-                row.sample_rate = data.get("sample_rate")
-                row.meta = data.get("metadata") or {}
-                row.started_at = row.started_at if dialled else _at(event)
-                row.ended_at = None
-                row.end_reason = None
-                row.hangup_cause = None
-                row.errors = []
-                db.add(row)
-            elif event.type == events.TRANSCRIPT_FINAL:
-                db.add(
-                    TurnRow(
-                        call_id=event.call_id,
-                        speaker="caller",
-                        text=data["text"],
-                        language=data.get("language"),
-                        start_ms=data.get("start_ms"),
-                        end_ms=data.get("end_ms"),
-                        timings={
-                            "stt_ms": data.get("stt_ms"),
-                            "backchannel": data.get("backchannel", False),
-                        },
-                        created_at=_at(event),
+                case CallStarted():
+                    row = db.get(CallRow, event.call_id)
+                    dialled = row is not None and row.status == "dialing"
+                    row = row or CallRow(id=event.call_id, meta={})
+                    row.status = "active"
+                    row.direction = "outbound" if dialled else event.direction or "inbound"
+                    row.engines = _with_tts(dict(event.engines), event.engines.get("tts"))
+                    row.caller = event.caller
+                    row.callee = event.callee or row.callee
+                    row.language = event.language
+                    row.sample_rate = event.sample_rate
+                    row.meta = dict(event.metadata)
+                    row.started_at = row.started_at if dialled else _at(event)
+                    row.ended_at = None
+                    row.end_reason = None
+                    row.hangup_cause = None
+                    row.errors = []
+                    db.add(row)
+                case TranscriptFinal():
+                    db.add(
+                        TurnRow(
+                            call_id=event.call_id,
+                            speaker="caller",
+                            text=event.text,
+                            language=event.language,
+                            start_ms=event.start_ms,
+                            end_ms=event.end_ms,
+                            timings={"stt_ms": event.stt_ms, "backchannel": event.backchannel},
+                            created_at=_at(event),
+                        )
                     )
-                )
-            elif event.type == events.BOT_SAID:
-                db.add(
-                    TurnRow(
-                        call_id=event.call_id,
-                        speaker="bot",
-                        text=data.get("text", ""),
-                        language=None,
-                        timings={**data.get("timings", {}), "interrupted": data.get("interrupted")},
-                        created_at=_at(event),
+                case BotSaid():
+                    db.add(
+                        TurnRow(
+                            call_id=event.call_id,
+                            speaker="bot",
+                            text=event.text,
+                            language=None,
+                            timings={**event.timings, "interrupted": event.interrupted},
+                            created_at=_at(event),
+                        )
                     )
-                )
-            elif (row := db.get(CallRow, event.call_id)) is None:
-                return
-            elif event.type == events.CALL_ENDED:
-                row.status = "failed" if row.status == "dialing" else "ended"
-                row.ended_at = _at(event)
-                row.end_reason = data.get("reason")
-                row.hangup_cause = data.get("hangup_cause") or row.hangup_cause
-            elif event.type == events.CALL_HANGUP:
-                row.hangup_cause = data.get("cause")
-            elif event.type == events.CALL_TRANSFERRED:
-                row.transferred_to = data.get("to")
-            elif event.type == events.TTS_AUDIO:
-                spoke = sorted({*row.engines.get("tts", []), data.get("engine")} - {None})
-                row.engines = {**row.engines, "tts": spoke}
-            elif event.type == events.CALL_RECORDING:
-                row.recording = data.get("path")
-            elif event.type == events.CALL_ERROR:
-                error = {"kind": data.get("kind"), "message": data.get("message"), "at": event.at}
-                row.errors = [*row.errors, error]
+                case _:
+                    if (row := db.get(CallRow, event.call_id)) is not None:
+                        _update(row, event)
 
     def _get_call(self, call_id: str) -> dict[str, Any] | None:
         with Session(self._engine) as db:
@@ -269,18 +293,18 @@ def _add_missing_columns(engine: Engine) -> None:
                     log.info("database: added column %s.%s", table.name, column.name)
 
 
-RECORDED = {
-    events.CALL_DIALING,
-    events.CALL_STARTED,
-    events.TTS_AUDIO,
-    events.CALL_RECORDING,
-    events.TRANSCRIPT_FINAL,
-    events.BOT_SAID,
-    events.CALL_ENDED,
-    events.CALL_HANGUP,
-    events.CALL_TRANSFERRED,
-    events.CALL_ERROR,
-}
+RECORDED: tuple[type[BaseEvent], ...] = (
+    CallDialing,
+    CallStarted,
+    TtsAudio,
+    CallRecording,
+    TranscriptFinal,
+    BotSaid,
+    CallEnded,
+    CallHangup,
+    CallTransferred,
+    CallError,
+)
 
 
 async def record_events(bus: EventBus, store: CallStore) -> None:
@@ -298,8 +322,8 @@ async def record_events(bus: EventBus, store: CallStore) -> None:
             raise
 
 
-async def _write(store: CallStore, event: Event) -> None:
-    if event.type not in RECORDED:
+async def _write(store: CallStore, event: BaseEvent) -> None:
+    if not isinstance(event, RECORDED):
         return
     try:
         await store.apply(event)

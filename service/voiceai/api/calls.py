@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from voiceai import events
 from voiceai.api.deps import Services, require_token, services
-from voiceai.call import CallNotReady, CallSession
+from voiceai.conversation.session import CallNotReady, CallSession
 from voiceai.telephony import commands
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ async def get_recording(call_id: str, request: Request) -> FileResponse:
 async def place_call(body: NewCall, request: Request) -> dict[str, str]:
     """Call a number through the RingCentral gateway; the bot talks when the callee answers."""
     svc = services(request)
-    esl = svc.engines.esl
+    esl = svc.esl
     if esl is None or not esl.connected:
         raise HTTPException(503, "FreeSWITCH's event socket is not connected")
     call_id = str(uuid.uuid4())
@@ -107,7 +107,7 @@ async def place_call(body: NewCall, request: Request) -> dict[str, str]:
         overrides["greeting"] = body.greeting
     if overrides:
         svc.overrides[call_id] = dataclasses.replace(svc.policy, **overrides)
-    svc.bus.publish(events.CALL_DIALING, call_id, to=body.to)
+    svc.bus.publish(events.CallDialing(call_id=call_id, to=body.to))
     task = asyncio.create_task(_dial(svc, call_id, body.to))
     svc.background.add(task)
     task.add_done_callback(svc.background.discard)
@@ -115,7 +115,7 @@ async def place_call(body: NewCall, request: Request) -> dict[str, str]:
 
 
 async def _dial(svc: Services, call_id: str, number: str) -> None:
-    esl = svc.engines.esl
+    esl = svc.esl
     assert esl is not None
     settings = svc.settings
     try:
@@ -142,8 +142,8 @@ async def _dial(svc: Services, call_id: str, number: str) -> None:
     except Exception as exc:
         svc.overrides.pop(call_id, None)
         log.warning("call %s to %s failed: %s", call_id, number, exc)
-        svc.bus.publish(events.CALL_ERROR, call_id, kind="originate", message=str(exc))
-        svc.bus.publish(events.CALL_ENDED, call_id, reason=f"originate failed: {exc}", turns=0)
+        svc.bus.publish(events.CallError(call_id=call_id, kind="originate", message=str(exc)))
+        svc.bus.publish(events.CallEnded(call_id=call_id, reason=f"originate failed: {exc}"))
 
 
 async def _active_or_ended(request: Request, call_id: str) -> CallSession:
@@ -157,29 +157,29 @@ async def _active_or_ended(request: Request, call_id: str) -> CallSession:
     raise HTTPException(404, f"no call {call_id!r}")
 
 
-def _esl(svc: Services):  # type: ignore[no-untyped-def]
-    if svc.engines.esl is None or not svc.engines.esl.connected:
+def _require_esl(svc: Services) -> None:
+    if svc.esl is None or not svc.esl.connected:
         raise HTTPException(503, "FreeSWITCH's event socket is not connected")
-    return svc.engines.esl
 
 
 @router.post("/{call_id}/hangup", status_code=202)
 async def hangup(call_id: str, request: Request) -> dict[str, str]:
     call = await _active_or_ended(request, call_id)
-    esl = _esl(services(request))
+    _require_esl(services(request))
     try:
-        await commands.hangup(esl, call.call_id, "NORMAL_CLEARING")
-    except commands.CommandError as exc:
-        raise HTTPException(409, f"FreeSWITCH refused: {exc}") from exc
+        await call.hangup("NORMAL_CLEARING")
+    except CallNotReady as exc:
+        raise HTTPException(409, str(exc)) from exc
     return {"status": "hanging up"}
 
 
 @router.post("/{call_id}/transfer", status_code=202)
 async def transfer(call_id: str, body: Transfer, request: Request) -> dict[str, str]:
     call = await _active_or_ended(request, call_id)
-    _esl(services(request))
-    await call.transfer(body.to, reason="operator")
-    if str(call.state) != "transferred":
+    _require_esl(services(request))
+    if call.transferred_to is not None:
+        raise HTTPException(409, f"call {call_id!r} was already transferred")
+    if not await call.transfer(body.to, reason="operator"):
         raise HTTPException(502, "FreeSWITCH did not transfer the call (see the call's errors)")
     return {"status": "transferred", "to": body.to}
 

@@ -8,11 +8,13 @@ from dataclasses import dataclass, field
 
 from fastapi import HTTPException, Request, WebSocket, status
 
-from voiceai.call import CallPolicy, CallRegistry, Engines
 from voiceai.config import Settings
+from voiceai.conversation.registry import CallRegistry
+from voiceai.conversation.session import CallPolicy, Engines
 from voiceai.events import EventBus
 from voiceai.metrics import Metrics
 from voiceai.store import CallStore
+from voiceai.telephony.esl import EslClient
 
 
 @dataclass
@@ -23,6 +25,7 @@ class Services:
     bus: EventBus
     store: CallStore
     engines: Engines
+    esl: EslClient | None  # FreeSWITCH's event socket, None when not configured
     policy: CallPolicy
     calls: CallRegistry
     metrics: Metrics

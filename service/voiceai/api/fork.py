@@ -10,7 +10,7 @@ from starlette.responses import PlainTextResponse
 
 from voiceai import events
 from voiceai.api.deps import services
-from voiceai.call import CallInfo, CallSession
+from voiceai.conversation.session import CallInfo, CallSession, Engines
 from voiceai.telephony.fork import (
     CALL_ID,
     CLOSE_ERROR,
@@ -78,19 +78,19 @@ async def fork(ws: WebSocket, call_id: str) -> None:
             info=CallInfo(meta.caller, meta.caller_name, meta.callee, meta.direction),
         )
         svc.calls.add(call)
-        call.start()
-        svc.bus.publish(
-            events.CALL_STARTED,
-            call_id,
-            caller=meta.caller,
-            caller_name=meta.caller_name,
-            callee=meta.callee,
-            direction=meta.direction,
-            language=language,
-            sample_rate=rate,
-            channels=channels,
-            metadata=meta.extra,
-            state=str(call.state),
+        call.start(
+            events.CallStarted(
+                call_id=call_id,
+                caller=meta.caller,
+                caller_name=meta.caller_name,
+                callee=meta.callee,
+                direction=meta.direction,
+                language=language,
+                sample_rate=rate,
+                channels=channels,
+                metadata=meta.extra,
+                engines=engine_names(svc.engines),
+            )
         )
         log.info(
             "call %s: fork connected (%d Hz, %d ch, caller %s)",
@@ -123,6 +123,20 @@ async def fork(ws: WebSocket, call_id: str) -> None:
             finally:
                 svc.calls.remove(call_id)
                 log.info("call %s ended: %s", call_id, reason)
+
+
+def engine_names(engines: Engines) -> dict[str, str]:
+    """Which engines serve the call, for its record."""
+    named = {"stt": engines.stt, "llm": engines.llm, "tts": engines.tts}
+    return {
+        kind: str(
+            getattr(engine, "name", None)
+            or getattr(engine, "model_name", None)
+            or type(engine).__name__
+        )
+        for kind, engine in named.items()
+        if engine is not None
+    }
 
 
 def _language(setting: str) -> str | None:

@@ -8,9 +8,8 @@ import contextlib
 from fastapi import APIRouter, WebSocket
 from starlette.responses import JSONResponse
 
-from voiceai import events
 from voiceai.api.deps import bearer, services, token_ok
-from voiceai.events import Event, Subscription
+from voiceai.events import Snapshot, Subscription
 
 router = APIRouter()
 
@@ -28,8 +27,8 @@ async def live(ws: WebSocket) -> None:
     # Subscribe before the snapshot, so nothing falls between the two.
     with svc.bus.subscribe(call_id=only, maxsize=1000) as sub:
         calls = [c.summary() for c in svc.calls.all() if only is None or c.call_id == only]
-        snapshot = Event(type=events.SNAPSHOT, call_id=only or "", data={"calls": calls})
-        await ws.send_text(snapshot.model_dump_json())
+        snapshot = Snapshot(call_id=only or "", calls=calls)
+        await ws.send_text(snapshot.wire_json())
         sender = asyncio.create_task(_send_events(ws, sub))
         try:
             while (await ws.receive())["type"] != "websocket.disconnect":
@@ -42,4 +41,4 @@ async def live(ws: WebSocket) -> None:
 
 async def _send_events(ws: WebSocket, sub: Subscription) -> None:
     async for event in sub:
-        await ws.send_text(event.model_dump_json())
+        await ws.send_text(event.wire_json())

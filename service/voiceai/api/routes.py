@@ -21,7 +21,7 @@ async def readyz(request: Request) -> JSONResponse:
     svc = services(request)
     if not svc.settings.public_readyz:
         require_token(request)
-    esl = svc.engines.esl
+    esl = svc.esl
     esl_state = "disabled" if esl is None else esl.state
     ready = esl is None or esl.connected
     body = {

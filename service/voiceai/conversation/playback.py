@@ -1,4 +1,5 @@
-"""What the bot is saying in one call: files queued over ESL, confirmed by PLAYBACK events."""
+"""What the bot is saying in one call: files queued on FreeSWITCH, confirmed by its PLAYBACK
+events (see docs/design.md, "Measured on FreeSWITCH 1.10.12")."""
 
 from __future__ import annotations
 
@@ -8,9 +9,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from voiceai.dialog import heard_part
-from voiceai.telephony import commands
-from voiceai.telephony.esl import EslClient
+from voiceai.conversation.dialog import heard_part
+from voiceai.conversation.line import CallLine
 
 log = logging.getLogger(__name__)
 
@@ -33,18 +33,18 @@ class Utterance:
 
 
 class PlaybackQueue:
-    """Sentences play in the order queued (sendmsg playback with event-lock, see design.md).
+    """Sentences play in the order queued (sendmsg playback with event-lock).
 
-    FreeSWITCH's PLAYBACK_START/STOP events are the only proof the caller heard anything.
+    FreeSWITCH's PLAYBACK_START/STOP events are the only proof the caller heard anything. A
+    file is deleted once FreeSWITCH is done with it (its PLAYBACK_STOP, or the break that
+    flushed it), never while it may still be playing; the call's end removes the rest.
     """
 
-    def __init__(self, esl: EslClient, uuid: str) -> None:
-        self._esl = esl
-        self._uuid = uuid
+    def __init__(self, line: CallLine) -> None:
+        self._line = line
         self._items: list[Utterance] = []
         self._idle = asyncio.Event()
         self._idle.set()
-        self.first_started_at: float | None = None
 
     @property
     def busy(self) -> bool:
@@ -54,8 +54,8 @@ class PlaybackQueue:
         self._items.append(utterance)
         self._idle.clear()
         try:
-            await commands.play(self._esl, self._uuid, str(utterance.path))
-        except Exception:
+            await self._line.play(str(utterance.path))
+        except BaseException:
             self._items.remove(utterance)
             self._update_idle()
             raise
@@ -63,12 +63,12 @@ class PlaybackQueue:
     async def wait_idle(self) -> None:
         await self._idle.wait()
 
-    def on_start(self, path: str) -> None:
+    def on_start(self, path: str) -> bool:
+        """FreeSWITCH started a file; True if it is one of ours."""
         item = self._find(path, started=False)
         if item is not None:
             item.started = True
-            if self.first_started_at is None:
-                self.first_started_at = asyncio.get_running_loop().time()
+        return item is not None
 
     def on_stop(self, path: str, status: str, offset_samples: int, codec_rate: int) -> None:
         item = self._find(path, finished=False)
@@ -80,13 +80,13 @@ class PlaybackQueue:
             item.heard_fraction = offset_samples / codec_rate / item.duration_s
         else:
             item.heard_fraction = 1.0
-        self._remove_file(item)
+        _remove_file(item)
         if status == "break":
             # `uuid_break all` flushes the queue; the flushed files get no events.
             for rest in self._items:
                 if not rest.finished:
                     rest.finished = True
-                    self._remove_file(rest)
+                    _remove_file(rest)
         self._update_idle()
 
     async def interrupt(self) -> None:
@@ -94,29 +94,28 @@ class PlaybackQueue:
         if not self.busy:
             return
         try:
-            await commands.break_playback(self._esl, self._uuid)
+            await self._line.break_playback()
         except Exception as exc:
-            log.warning("call %s: could not break playback: %s", self._uuid, exc)
-            self.abandon()
+            log.warning("call %s: could not break playback: %s", self._line.call_id, exc)
+            self.give_up()
 
     def remaining_s(self) -> float:
         """Audio queued and not yet finished, in seconds (an upper bound on the wait)."""
         return sum(item.duration_s for item in self._items if not item.finished)
 
-    def heard_text(self) -> str:
-        return " ".join(t for t in (item.heard for item in self._items) if t).strip()
-
     def take_heard(self) -> str:
         """What the caller heard since the last call, and forget those utterances."""
-        heard = self.heard_text()
+        heard = " ".join(t for t in (item.heard for item in self._items) if t).strip()
         self._items = [item for item in self._items if not item.finished]
         return heard
 
-    def abandon(self) -> None:
-        """The call is gone or ESL is lost: nothing more will play."""
+    def give_up(self) -> None:
+        """No more events will confirm what is queued (event socket lost, FreeSWITCH silent).
+
+        Waiters are released; the files stay, since FreeSWITCH may still be playing them.
+        """
         for item in self._items:
             item.finished = True
-            self._remove_file(item)
         self._update_idle()
 
     def _find(self, path: str, **state: bool) -> Utterance | None:
@@ -129,8 +128,8 @@ class PlaybackQueue:
         if all(item.finished for item in self._items):
             self._idle.set()
 
-    @staticmethod
-    def _remove_file(item: Utterance) -> None:
-        if not item.keep_file:
-            with contextlib.suppress(OSError):
-                item.path.unlink()
+
+def _remove_file(item: Utterance) -> None:
+    if not item.keep_file:
+        with contextlib.suppress(OSError):
+            item.path.unlink()

@@ -1,0 +1,206 @@
+"""The caller's side of a call: audio bytes → frames → turns → transcripts.
+
+It decides nothing about replies: it tells its host when the caller speaks and what a finished
+turn said; the session decides what that means (an answer, a barge-in, a backchannel).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+import numpy as np
+
+from voiceai import events
+from voiceai.audio.pcm import FrameChunker, left_channel, resample, to_float
+from voiceai.audio.turns import SpeechPaused, SpeechStarted, TurnConfig, TurnDetector, TurnEnded
+from voiceai.conversation.timing import TurnTiming
+from voiceai.engines.stt import WHISPER_RATE, SpeechToText, STTError, Transcript
+from voiceai.events import EventBus
+
+log = logging.getLogger(__name__)
+
+VAD_FRAME_MS = 20
+DRAIN_TIMEOUT_S = 60.0  # longest a hung-up call waits for its last transcriptions
+PARTIAL_EVERY_MS = 1000  # a partial transcript about once a second while the caller speaks
+
+
+class ListenerHost(Protocol):
+    """What the listener reports to the call it belongs to."""
+
+    def on_speech_started(self, at_ms: int) -> None: ...
+
+    def on_caller_voiced(self, voiced_ms: int, at_ms: int) -> None:
+        """After every frame of a turn in progress: how long the caller has really spoken."""
+        ...
+
+    def on_turn(self, turn: TurnEnded, transcript: Transcript, timing: TurnTiming) -> None: ...
+
+
+_Queued = tuple[TurnEnded, TurnTiming, "asyncio.Task[Transcript | None] | None"]
+
+
+class Listener:
+    def __init__(
+        self,
+        call_id: str,
+        *,
+        rate: int,
+        channels: int,
+        turn: TurnConfig,
+        stt: SpeechToText,
+        bus: EventBus,
+        host: ListenerHost,
+        language: Callable[[], str | None],
+        partials: bool = True,
+    ) -> None:
+        self.call_id = call_id
+        self._rate = rate
+        self._channels = channels
+        self._stt_engine = stt
+        self._bus = bus
+        self._host = host
+        self._language = language
+        self._partials = partials
+        self._detector = TurnDetector(rate, VAD_FRAME_MS, turn)
+        self._chunker = FrameChunker(self._detector.frame_bytes * channels)
+        self._turns: asyncio.Queue[_Queued | None] = asyncio.Queue()
+        self._early: tuple[SpeechPaused, asyncio.Task[Transcript | None]] | None = None
+        self._partial: asyncio.Task[None] | None = None
+        self._next_partial_ms = PARTIAL_EVERY_MS
+        self._worker = asyncio.create_task(self._transcribe_turns(), name=f"turns-{call_id}")
+
+    def feed(self, data: bytes) -> None:
+        """Caller audio as it arrives: any number of bytes, any split."""
+        for frame in self._chunker.push(data):
+            mono = left_channel(frame) if self._channels == 2 else frame
+            for event in self._detector.push(mono):
+                self._on_turn_event(event)
+            if self._detector.in_turn:
+                self._host.on_caller_voiced(
+                    self._detector.turn_voiced_ms, self._detector.position_ms
+                )
+            self._maybe_partial()
+
+    def _on_turn_event(self, event: SpeechStarted | SpeechPaused | TurnEnded) -> None:
+        if isinstance(event, SpeechStarted):
+            self._next_partial_ms = event.at_ms + PARTIAL_EVERY_MS
+            self._bus.publish(events.SpeechStarted(call_id=self.call_id, at_ms=event.at_ms))
+            self._host.on_speech_started(event.at_ms)
+        elif isinstance(event, SpeechPaused):
+            self._transcribe_early(event)
+        else:
+            # The caller's last word was (position - end_ms) ago, if audio arrives in real time.
+            lag_s = (self._detector.position_ms - event.end_ms) / 1000
+            timing = TurnTiming(asyncio.get_running_loop().time() - lag_s)
+            timing.mark("end_of_turn")
+            self._turns.put_nowait((event, timing, self._take_early(event)))
+
+    # -- partial and early transcripts -------------------------------------------------------
+
+    def _maybe_partial(self) -> None:
+        """While the caller speaks, show what they say so far (one transcription at a time)."""
+        if not self._partials or self._detector.position_ms < self._next_partial_ms:
+            return
+        if self._partial is not None and not self._partial.done():
+            return
+        if self._early is not None and not self._early[1].done():
+            return  # the (probably final) transcript is under way: leave the CPU to it
+        if self._detector.trailing_silence_ms > 0:
+            return  # partials follow speech; in a pause the final transcript and reply need the CPU
+        so_far = self._detector.turn_so_far()
+        if so_far is None:
+            return
+        self._next_partial_ms = self._detector.position_ms + PARTIAL_EVERY_MS
+        self._partial = asyncio.create_task(self._publish_partial(*so_far))
+
+    async def _publish_partial(self, audio: np.ndarray, start_ms: int) -> None:
+        try:
+            transcript = await self._transcribe(audio)
+        except STTError:
+            return  # a partial is a courtesy; the final transcript reports failures
+        if transcript is not None and self._detector.in_turn:
+            self._bus.publish(
+                events.TranscriptPartial(
+                    call_id=self.call_id, text=transcript.text, start_ms=start_ms
+                )
+            )
+
+    def _transcribe_early(self, paused: SpeechPaused) -> None:
+        """Transcribe while the end-of-turn silence elapses, so the text is ready at its end."""
+        self._drop_early()
+        self._early = (paused, asyncio.create_task(self._transcribe(paused.audio)))
+
+    def _take_early(self, turn: TurnEnded) -> asyncio.Task[Transcript | None] | None:
+        if self._early is None:
+            return None
+        paused, task = self._early
+        self._early = None
+        if (paused.start_ms, paused.end_ms) == (turn.start_ms, turn.end_ms):
+            return task  # no speech since the pause: the audio is the same
+        task.cancel()
+        return None
+
+    def _drop_early(self) -> None:
+        if self._early is not None:
+            self._early[1].cancel()
+            self._early = None
+
+    async def _transcribe(self, audio_at_call_rate: np.ndarray) -> Transcript | None:
+        audio = to_float(resample(audio_at_call_rate, self._rate, WHISPER_RATE))
+        return await self._stt_engine.transcribe(audio, self._language())
+
+    # -- final transcripts, in order ----------------------------------------------------------
+
+    async def _transcribe_turns(self) -> None:
+        while (item := await self._turns.get()) is not None:
+            turn, timing, early = item
+            try:
+                try:
+                    transcript = await (
+                        early if early is not None else self._transcribe(turn.audio)
+                    )
+                except asyncio.CancelledError:
+                    if early is None or asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                        raise
+                    transcript = await self._transcribe(turn.audio)  # the early one was dropped
+            except STTError as exc:
+                log.error("call %s: turn at %d ms lost: %s", self.call_id, turn.start_ms, exc)
+                self._bus.publish(
+                    events.CallError(call_id=self.call_id, kind="stt", message=str(exc))
+                )
+                continue
+            timing.mark("transcript")
+            if transcript is None:
+                log.info(
+                    "call %s: no speech in turn at %d ms (noise?)", self.call_id, turn.start_ms
+                )
+                continue
+            self._host.on_turn(turn, transcript, timing)
+
+    async def finish(self) -> None:
+        """The caller's audio ended: transcribe what is left (the host hears those turns too)."""
+        self._drop_early()
+        if self._partial is not None:
+            self._partial.cancel()
+        for event in self._detector.finish():
+            if isinstance(event, TurnEnded):
+                self._turns.put_nowait((event, TurnTiming(asyncio.get_running_loop().time()), None))
+        self._turns.put_nowait(None)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._worker), DRAIN_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("call %s: gave up on its last transcriptions at hangup", self.call_id)
+            await self.abort()
+
+    async def abort(self) -> None:
+        """Stop at once: pending turns are dropped."""
+        self._drop_early()
+        for task in (self._partial, self._worker):
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(
+            *(t for t in (self._partial, self._worker) if t), return_exceptions=True
+        )

@@ -1,0 +1,68 @@
+"""The calls in progress, by id, and FreeSWITCH's events delivered to the call they name."""
+
+from __future__ import annotations
+
+from voiceai.conversation.playback import DEFAULT_CODEC_RATE
+from voiceai.conversation.session import CallSession
+from voiceai.telephony.esl import EslEvent
+
+
+class CallRegistry:
+    """One fork stream a call."""
+
+    def __init__(self) -> None:
+        self._calls: dict[str, CallSession] = {}
+
+    def __contains__(self, call_id: str) -> bool:
+        return call_id in self._calls
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    def add(self, call: CallSession) -> None:
+        self._calls[call.call_id] = call
+
+    def remove(self, call_id: str) -> None:
+        self._calls.pop(call_id, None)
+
+    def get(self, call_id: str) -> CallSession | None:
+        return self._calls.get(call_id)
+
+    def all(self) -> list[CallSession]:
+        return list(self._calls.values())
+
+    def connection_lost(self) -> None:
+        """FreeSWITCH's event socket dropped: no call will hear of its playback any more."""
+        for call in self.all():
+            call.on_esl_lost()
+
+    def deliver(self, event: EslEvent) -> bool:
+        """Hand an event to the call whose uuid the JSON body names; False if none is ours.
+
+        Routed by the body's Unique-ID only: caller data (a caller ID name) cannot forge it.
+        """
+        call = self._calls.get(event.uuid or "")
+        if call is None:
+            return False
+        headers = event.headers
+        if event.name == "PLAYBACK_START":
+            call.on_playback_started(headers.get("Playback-File-Path", ""))
+        elif event.name == "PLAYBACK_STOP":
+            call.on_playback_stopped(
+                headers.get("Playback-File-Path", ""),
+                headers.get("Playback-Status", "done"),
+                _int(headers.get("variable_playback_last_offset_pos")),
+                _int(headers.get("Channel-Read-Codec-Rate")) or DEFAULT_CODEC_RATE,
+            )
+        elif event.name == "DTMF":
+            call.on_dtmf(headers.get("DTMF-Digit", ""))
+        elif event.name == "CHANNEL_HANGUP_COMPLETE":
+            call.on_hangup(headers.get("Hangup-Cause", "NORMAL_CLEARING"))
+        return True
+
+
+def _int(value: str | None) -> int:
+    try:
+        return int(value or 0)
+    except ValueError:
+        return 0
