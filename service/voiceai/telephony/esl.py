@@ -5,7 +5,7 @@ thread runs a private gevent hub and every greenswitch object lives there. The a
 hands jobs in through a `queue.SimpleQueue` plus the hub's thread-safe async watcher; results
 and events come back with `loop.call_soon_threadsafe`.
 
-greenswitch defects guarded here (design.md, "ESL"):
+greenswitch defects guarded here (docs/design.md, "ESL"):
 - its event parser URL-decodes the whole event before splitting headers, so a caller ID name
   such as `x%0AUnique-ID: other` forges headers: we subscribe with `event json`, read exactly
   Content-Length bytes and json.loads them ourselves; `EslEvent.uuid` comes from that JSON;
@@ -135,7 +135,7 @@ def one_line(value: str, what: str) -> str:
 
 def subscription(events: Sequence[str], custom: Sequence[str]) -> str:
     """`event json A B ... CUSTOM x::y ...`: plain names first, every word after CUSTOM is a
-    subclass (design.md). BACKGROUND_JOB is always included: bgapi results arrive with it."""
+    subclass (docs/design.md). BACKGROUND_JOB is always included: bgapi results arrive with it."""
     names: list[str] = []
     for raw in [*events, "BACKGROUND_JOB"]:
         name = raw.strip().upper()

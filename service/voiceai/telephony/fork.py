@@ -1,4 +1,4 @@
-"""The mod_audio_fork websocket protocol, as FreeSWITCH 1.10 speaks it (see design.md).
+"""The mod_audio_fork websocket protocol, as FreeSWITCH 1.10 speaks it (see docs/design.md).
 
 FreeSWITCH connects with subprotocol `audio.drachtio.org` (and basic auth when configured),
 sends its metadata as the first TEXT frame, then raw L16 PCM as BINARY frames of any size.
