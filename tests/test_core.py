@@ -457,3 +457,24 @@ def test_a_greeted_call_is_announced_as_speaking_and_its_transitions_follow(
         await call.session.finish("hangup")
 
     on_fake_clock(scenario)
+
+
+def test_a_speculative_reply_is_dropped_unheard_when_the_caller_goes_on(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        llm = FakeLLM(replies=["Never heard.", "A table for four, done."], first_token_s=2.0)
+        call = CoreCall(tmp_path, llm=llm)
+        await call.caller_says("I would like to book a table", speech_ms=1200, then_ms=600)
+        assert call.session.state is State.THINKING  # judged finished at the pause
+        await call.caller_says("for four people tomorrow.", speech_ms=1000)
+        await call.until(lambda: call.received(events.BotSaid) != [])
+        resumed = [e for e in call.received(events.CallState) if e.trigger == "resumed"]
+        assert len(resumed) == 1
+        assert llm.closed == 1  # the first reply's generation was stopped
+        assert len(call.switch.named("play")) == 1  # only the answer to the whole sentence
+        assert llm.requests[1][-1]["content"] == (
+            "I would like to book a table for four people tomorrow."
+        )
+        assert [e.text for e in call.received(events.BotSaid)] == ["A table for four, done."]
+        await call.session.finish("hangup")
+
+    on_fake_clock(scenario)

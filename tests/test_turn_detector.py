@@ -1,6 +1,9 @@
-"""The turn detector on real webrtcvad and real speech: where turns start and end."""
+"""The turn detector on real VADs (webrtcvad, Silero) and real speech: where turns start,
+pause and end."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,7 +11,15 @@ import pytest
 from tests.conftest import white_noise
 from tests.speech import Speech
 from voiceai.audio.pcm import decode_file
-from voiceai.audio.turns import SpeechStarted, TurnConfig, TurnDetector, TurnEnded
+from voiceai.audio.turns import (
+    SpeechPaused,
+    SpeechStarted,
+    TurnConfig,
+    TurnDetector,
+    TurnEnded,
+    Verdict,
+)
+from voiceai.audio.vad import SileroModel
 
 RATE = 16000
 
@@ -120,3 +131,112 @@ def test_speech_duration_ignores_the_vad_hangover(
         longest = max(longest, detector.turn_voiced_ms)
     assert (longest >= 300) is longer_than_300ms, longest
     assert longest <= spoken_s * 1000 + 40
+
+
+# -- Silero VAD, pauses and their judgement ---------------------------------------------------
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "speech" / "real"
+
+
+def real_clip(name: str, rate: int = 8000) -> np.ndarray:
+    path = REAL / "wav" / f"{name}.wav"
+    assert path.is_file(), f"real speech missing: {path} (../shared/speech/real)"
+    return decode_file(path, rate)
+
+
+def pink_noise(seconds: float, rate: int, rms: float) -> np.ndarray:
+    spectrum = np.fft.rfft(np.random.default_rng(7).standard_normal(int(seconds * rate)))
+    spectrum /= np.sqrt(np.arange(1, len(spectrum) + 1))
+    noise = np.fft.irfft(spectrum, int(seconds * rate))
+    return (noise / np.sqrt(np.mean(noise**2)) * rms).astype(np.int16)
+
+
+def speech_in_noise(clip: np.ndarray, rate: int, snr_db: float, after_s: float) -> np.ndarray:
+    """The clip, then `after_s` more of the noise under it all (the line is never quiet)."""
+    active = clip[np.abs(clip) > 0.05 * np.abs(clip).max()].astype(np.float64)
+    rms = float(np.sqrt(np.mean(active**2))) / 10 ** (snr_db / 20)
+    noise = pink_noise(len(clip) / rate + after_s + 0.5, rate, rms)
+    mixed = noise.astype(np.int32)
+    mixed[int(0.5 * rate) : int(0.5 * rate) + len(clip)] += clip
+    return np.clip(mixed, -32768, 32767).astype(np.int16)
+
+
+@pytest.fixture(scope="module")
+def silero() -> SileroModel:
+    return SileroModel()
+
+
+def true_end_ms(clip: np.ndarray, rate: int) -> int:
+    """Where the speech of a clean clip ends: its last 20 ms frame within 30 dB of the loudest."""
+    frames = clip[: len(clip) // (rate // 50) * (rate // 50)].reshape(-1, rate // 50)
+    level = np.sqrt(np.mean(frames.astype(np.float64) ** 2, axis=1))
+    return int(np.flatnonzero(level > level.max() / 10 ** (30 / 20))[-1] + 1) * 20
+
+
+@pytest.mark.parametrize("rate", [8000, 16000])
+@pytest.mark.parametrize("name", ["en_harvard_spk1_snt5", "en_timit_ldc93s1", "en_arctic_a0024"])
+def test_silero_sees_the_pause_after_real_speech_in_continuous_noise(
+    silero: SileroModel, rate: int, name: str
+) -> None:
+    clip = real_clip(name, rate)
+    audio = speech_in_noise(clip, rate, snr_db=10, after_s=4.0)
+    end = 500 + true_end_ms(clip, rate)
+
+    emitted = run(TurnDetector(rate, 20, TurnConfig(), silero.stream(rate)), audio)
+    pauses = [at - end for at, e in emitted if isinstance(e, SpeechPaused)]
+    assert pauses and 0 < pauses[-1] < 450  # seen in the noise, promptly after the last word
+    (ended,) = [(at - end, e) for at, e in emitted if isinstance(e, TurnEnded)]
+    assert ended[1].reason == "silence"  # nobody judged this pause: the fallback ended it
+    assert ended[0] < TurnConfig().end_of_turn_ms + 300
+
+
+def test_pink_noise_alone_starts_no_turn_with_silero(silero: SileroModel) -> None:
+    noise = pink_noise(20.0, 8000, rms=0.018 * 32768)  # about -35 dBFS
+    assert run(TurnDetector(8000, 20, TurnConfig(), silero.stream(8000)), noise) == []
+
+
+def paused_detector(silero: SileroModel) -> tuple[TurnDetector, SpeechPaused, bytes]:
+    """A detector just past the pause after a real sentence, and a frame of quiet line."""
+    clip = real_clip("en_harvard_spk2_snt2")
+    detector = TurnDetector(8000, 20, TurnConfig(), silero.stream(8000))
+    audio = line8k(0.5, clip, 0.3)
+    frames = [audio[i : i + 160].tobytes() for i in range(0, len(audio) - 159, 160)]
+    paused = [e for f in frames for e in detector.push(f) if isinstance(e, SpeechPaused)]
+    assert len(paused) == 1
+    return detector, paused[0], np.zeros(160, np.int16).tobytes()
+
+
+def line8k(*parts: np.ndarray | float) -> np.ndarray:
+    return np.concatenate(
+        [np.zeros(int(p * 8000), np.int16) if isinstance(p, float) else p for p in parts]
+    )
+
+
+def test_a_pause_judged_finished_ends_the_turn_at_once(silero: SileroModel) -> None:
+    detector, paused, _ = paused_detector(silero)
+    ended = detector.decide(paused, Verdict.COMPLETE)
+    assert ended is not None and ended.reason == "complete"
+    assert not detector.in_turn
+
+
+def test_a_pause_judged_unfinished_waits_longer_then_ends(silero: SileroModel) -> None:
+    detector, paused, quiet = paused_detector(silero)
+    assert detector.decide(paused, Verdict.INCOMPLETE) is None
+    silence = detector.trailing_silence_ms
+    events = []
+    while not events:
+        events = detector.push(quiet)
+        silence += 20
+    (ended,) = events
+    assert ended.reason == "incomplete_wait"
+    assert silence == pytest.approx(detector.config.incomplete_ms, abs=20)
+
+
+def test_a_judgement_that_comes_after_the_caller_spoke_again_changes_nothing(
+    silero: SileroModel,
+) -> None:
+    detector, paused, _ = paused_detector(silero)
+    for i in range(0, 8000, 160):  # the caller goes on
+        detector.push(real_clip("en_harvard_spk2_snt4")[i : i + 160].tobytes())
+    assert detector.decide(paused, Verdict.COMPLETE) is None
+    assert detector.in_turn

@@ -5,20 +5,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable
 
+import numpy as np
 from fastapi import FastAPI
 
 from voiceai import __version__, events
 from voiceai.api import calls, fork, live, routes, viewer
 from voiceai.api.deps import Services
 from voiceai.audio.turns import TurnConfig
+from voiceai.audio.vad import SileroModel, VadError
 from voiceai.config import Settings
 from voiceai.conversation.registry import CallRegistry
 from voiceai.conversation.session import CallPolicy, Engines
 from voiceai.engines.llm import LanguageModel, build_llm
-from voiceai.engines.stt import SpeechToText, WhisperSTT
+from voiceai.engines.stt import WHISPER_RATE, SpeechToText, WhisperSTT
 from voiceai.engines.tts import SpeechSynthesizer, build_tts
+from voiceai.engines.turn import SmartTurn, TurnCompletion
 from voiceai.events import EventBus
 from voiceai.metrics import Metrics
 from voiceai.prompts import PromptCache
@@ -59,16 +63,74 @@ async def load_stt(settings: Settings) -> SpeechToText:
     return stt
 
 
+def load_turn_taking(settings: Settings) -> tuple[SileroModel | None, TurnCompletion | None]:
+    """The speech detector and the end-of-turn model, loaded once for every call.
+
+    A missing model file degrades turn-taking (webrtcvad, words only) with a warning naming the
+    setting, rather than stopping a service that can still answer calls.
+    """
+    vad = turn_model = None
+    if settings.vad == "silero":
+        try:
+            vad = SileroModel()
+            log.info("speech detector: Silero VAD (%s)", vad.path.name)
+        except VadError as exc:
+            log.warning("VOICEAI_VAD=silero unavailable, using webrtcvad: %s", exc)
+    if settings.turn_model == "smart-turn":
+        try:
+            turn_model = SmartTurn()
+            log.info("end-of-turn model: %s", turn_model.name)
+        except Exception as exc:
+            log.warning("VOICEAI_TURN_MODEL=smart-turn unavailable, words alone judge: %s", exc)
+    return vad, turn_model
+
+
+async def warm_up_models(
+    settings: Settings,
+    stt: SpeechToText,
+    tts: SpeechSynthesizer,
+    prompts: PromptCache,
+    turn_model: TurnCompletion | None,
+) -> None:
+    """Load every model into memory before the first caller needs it (cold starts are a peer
+    complaint): one transcription, the voices, the greeting and apology, the turn model."""
+    started = time.perf_counter()
+    rate = settings.fork_rate
+    language = "ru" if settings.stt_language == "ru" else "en"
+    noise = (np.random.default_rng(0).standard_normal(WHISPER_RATE) * 0.001).astype(np.float32)
+    steps: list[tuple[str, Awaitable[object]]] = [
+        ("speech recognition", stt.transcribe(noise, language)),
+        ("voice", tts.synthesize("Hello.", language, rate)),
+    ]
+    steps += [
+        (what, prompts.get(text, language, rate))
+        for what, text in (("greeting", settings.greeting), ("apology", settings.apology))
+        if text
+    ]
+    if turn_model is not None:
+        steps.append(("end-of-turn model", turn_model.complete_probability(noise)))
+    for what, step in steps:
+        try:
+            await step
+        except Exception as exc:  # the call that needs it will say so again
+            log.warning("warm-up: %s failed: %s", what, exc)
+    log.info("models warm in %.1f s", time.perf_counter() - started)
+
+
 def call_policy(settings: Settings) -> CallPolicy:
     return CallPolicy(
         turn=TurnConfig(
             vad_aggressiveness=settings.vad_aggressiveness,
+            speech_threshold=settings.vad_threshold if settings.vad == "silero" else 0.5,
             min_speech_ms=settings.min_speech_ms,
+            pause_ms=settings.pause_ms,
             end_of_turn_ms=settings.end_of_turn_ms,
+            incomplete_ms=settings.incomplete_turn_ms,
             max_utterance_ms=settings.max_utterance_ms,
             pre_roll_ms=settings.pre_roll_ms,
         ),
         barge_in_min_ms=settings.barge_in_min_ms,
+        complete_threshold=settings.turn_complete_threshold,
         system_prompt=settings.prompt(),
         greeting=settings.greeting,
         apology=settings.apology,
@@ -96,14 +158,18 @@ def create_app(
         bus = EventBus()
         calls = CallRegistry()
         stt_engine = stt or await load_stt(settings)
+        vad, turn_model = await asyncio.to_thread(load_turn_taking, settings)
         esl = _event_socket(settings, calls, bus)
         tts_engine = tts or build_tts(settings)
         # Without FreeSWITCH's event socket the bot cannot speak: don't load a model for nothing.
         llm_engine = llm or (await build_llm(settings) if esl is not None else None)
-        warm_up = asyncio.create_task(_warm_up(llm_engine))
+        llm_warming = asyncio.create_task(_warm_up_llm(llm_engine))
         prompts = PromptCache(tts_engine, settings.media_dir / "prompts")
+        await warm_up_models(settings, stt_engine, tts_engine, prompts, turn_model)
         control = EslCallControl(esl) if esl is not None else None
-        engines = Engines(stt_engine, llm_engine, tts_engine, control, prompts, bus)
+        engines = Engines(
+            stt_engine, llm_engine, tts_engine, control, prompts, bus, vad, turn_model
+        )
         metrics = Metrics()
         app.state.services = Services(
             settings, bus, store, engines, esl, call_policy(settings), calls, metrics
@@ -118,18 +184,20 @@ def create_app(
         finally:
             for call in calls.all():
                 await call.abort("service stopped")
-            warm_up.cancel()
+            llm_warming.cancel()
             pruner.cancel()
             if esl is not None:
                 await esl.stop()
             recorder.cancel()  # it writes what is still queued before it stops
             counting.cancel()
-            await asyncio.gather(recorder, counting, warm_up, pruner, return_exceptions=True)
+            await asyncio.gather(recorder, counting, llm_warming, pruner, return_exceptions=True)
             await store.aclose()
             if stt is None:
                 await stt_engine.aclose()
             if llm is None and llm_engine is not None:
                 await llm_engine.aclose()
+            if isinstance(turn_model, SmartTurn):
+                turn_model.close()
 
     app = FastAPI(title="voiceai", version=__version__, lifespan=lifespan)
     app.include_router(routes.router)
@@ -157,7 +225,7 @@ async def _prune_records(store: CallStore, retention_days: int) -> None:
         await asyncio.sleep(PRUNE_EVERY_S)
 
 
-async def _warm_up(llm: LanguageModel | None) -> None:
+async def _warm_up_llm(llm: LanguageModel | None) -> None:
     """Load the model before the first caller needs it (cold starts are a peer complaint)."""
     if llm is None:
         return

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "VOICEAI_"
@@ -53,9 +53,34 @@ class Settings(BaseSettings):
     )
 
     # Turn detection
+    vad: Literal["silero", "webrtc"] = Field(
+        "silero",
+        description="Speech detector: silero (neural, tells speech from line noise) or webrtc.",
+    )
+    vad_threshold: float = Field(
+        0.5, ge=0.05, le=0.95, description="Speech probability that counts as speech (silero)."
+    )
     vad_aggressiveness: int = Field(2, ge=0, le=3, description="webrtcvad mode, 3 = strictest.")
+    pause_ms: int = Field(
+        160, ge=60, le=1000, description="Silence after which a turn is transcribed and judged."
+    )
     end_of_turn_ms: int = Field(
-        600, ge=100, le=5000, description="Trailing silence that ends the caller's turn."
+        700,
+        ge=100,
+        le=5000,
+        description="Silence that ends a turn judged neither finished nor unfinished.",
+    )
+    incomplete_turn_ms: int = Field(
+        1200,
+        ge=100,
+        le=5000,
+        description="Silence that ends a turn judged unfinished (it ends in 'for', 'and', ...).",
+    )
+    turn_model: Literal["smart-turn", "off"] = Field(
+        "smart-turn", description="End-of-turn model heard at each pause (off: words only)."
+    )
+    turn_complete_threshold: float = Field(
+        0.5, ge=0.0, le=1.0, description="Turn-model probability that counts as finished."
     )
     min_speech_ms: int = Field(
         200, ge=20, le=2000, description="Voiced audio needed before a turn starts."
@@ -158,10 +183,21 @@ class Settings(BaseSettings):
             raise ValueError("must name a model, a path, or auto")
         return value.strip()
 
-    @field_validator("stt_language", "stt_device", "log_level", "llm", "tts", mode="before")
+    @field_validator(
+        "stt_language", "stt_device", "log_level", "llm", "tts", "vad", "turn_model", mode="before"
+    )
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _pauses_in_order(self) -> Settings:
+        if not self.pause_ms < self.end_of_turn_ms <= self.incomplete_turn_ms:
+            raise ValueError(
+                "VOICEAI_PAUSE_MS < VOICEAI_END_OF_TURN_MS <= VOICEAI_INCOMPLETE_TURN_MS must "
+                f"hold (now {self.pause_ms}, {self.end_of_turn_ms}, {self.incomplete_turn_ms})"
+            )
+        return self
 
     def fork_base_url(self) -> str:
         return (self.fork_url or f"ws://127.0.0.1:{self.port}").rstrip("/")

@@ -1,22 +1,35 @@
-"""Where a caller's turn starts and ends: webrtcvad frames → speech start, turn end."""
+"""Where a caller's turn starts and ends: speech probabilities per frame → speech start, a
+pause worth judging, turn end."""
 
 from __future__ import annotations
 
+import enum
 from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-import webrtcvad
 
 from voiceai.audio.pcm import SAMPLE_WIDTH, to_samples
+from voiceai.audio.vad import SpeechProbability, WebrtcStream
 
 VAD_RATES = (8000, 16000, 32000, 48000)
 VAD_FRAME_MS = (10, 20, 30)
 TAIL_MS = 200  # silence kept after the last voiced frame; Whisper ends words better with it
-# webrtcvad keeps saying "voiced" for ~120 ms after speech stops; frames this far below the
-# turn's loudest one are that hangover (or line noise), not speech, when timing the caller.
+# A VAD keeps saying "speech" for a moment after speech stops; frames this far below the turn's
+# loudest one are that hangover (or line noise), not speech, when timing the caller.
 SPEECH_FLOOR_DB = 30.0
+HYSTERESIS = 0.15  # inside a turn, speech goes on until the probability drops this much lower
+
+EndReason = Literal["silence", "complete", "incomplete_wait", "max_length", "end_of_stream"]
+
+
+class Verdict(enum.StrEnum):
+    """Whether a paused turn is finished, as judged from its sound and its words."""
+
+    COMPLETE = "complete"  # end it now
+    INCOMPLETE = "incomplete"  # wait longer (up to incomplete_ms) for the rest
+    UNSURE = "unsure"  # the plain silence rule decides (end_of_turn_ms)
 
 
 @dataclass(frozen=True)
@@ -41,7 +54,7 @@ class TurnEnded:
     audio: np.ndarray  # int16 mono at the call rate, pre-roll included
     start_ms: int  # first voiced frame, from the start of the call's audio
     end_ms: int  # end of the last voiced frame
-    reason: Literal["silence", "max_length", "end_of_stream"]
+    reason: EndReason
 
 
 TurnEvent = SpeechStarted | SpeechPaused | TurnEnded
@@ -49,26 +62,34 @@ TurnEvent = SpeechStarted | SpeechPaused | TurnEnded
 
 @dataclass(frozen=True)
 class TurnConfig:
-    vad_aggressiveness: int = 2
+    vad_aggressiveness: int = 2  # webrtcvad's, when it is the VAD
+    speech_threshold: float = 0.5  # speech probability that counts as speech
     min_speech_ms: int = 200
-    end_of_turn_ms: int = 600
+    pause_ms: int = 160  # silence after which the turn is transcribed and judged
+    end_of_turn_ms: int = 700  # silence that ends a turn nobody judged finished or unfinished
+    incomplete_ms: int = 1200  # silence that ends a turn judged unfinished
     max_utterance_ms: int = 20000
     pre_roll_ms: int = 300
-    pause_ms: int = (
-        TAIL_MS  # silence after which a turn's audio so far is final unless speech resumes
-    )
 
 
 class TurnDetector:
     """The one place that decides where a caller's turn starts and ends.
 
-    A turn starts once `min_speech_ms` of voiced frames fall within a short window (so a click
-    or a breath does not start one) and keeps `pre_roll_ms` before its first voiced frame.
-    It ends after `end_of_turn_ms` of silence, or is cut at `max_utterance_ms`.
+    A turn starts once `min_speech_ms` of speech frames fall within a short window (so a click
+    or a breath does not start one) and keeps `pre_roll_ms` before its first speech frame.
+    After `pause_ms` of silence it reports SpeechPaused; whoever judges the pause answers with
+    `decide()`: finished (the turn ends now), unfinished (it may go on for `incomplete_ms` of
+    silence) or unsure (it ends after `end_of_turn_ms`). It is cut at `max_utterance_ms`.
     Times come from the audio itself (frames counted), never from the wall clock.
     """
 
-    def __init__(self, rate: int, frame_ms: int = 20, config: TurnConfig | None = None) -> None:
+    def __init__(
+        self,
+        rate: int,
+        frame_ms: int = 20,
+        config: TurnConfig | None = None,
+        speech: SpeechProbability | None = None,
+    ) -> None:
         if rate not in VAD_RATES:
             raise ValueError(f"unsupported VAD rate {rate}; use one of {VAD_RATES}")
         if frame_ms not in VAD_FRAME_MS:
@@ -77,7 +98,7 @@ class TurnDetector:
         self.frame_ms = frame_ms
         self.config = config or TurnConfig()
         self.frame_bytes = rate * frame_ms // 1000 * SAMPLE_WIDTH
-        self._vad = webrtcvad.Vad(self.config.vad_aggressiveness)
+        self._speech = speech or WebrtcStream(rate, self.config.vad_aggressiveness)
         self._position_ms = 0
         window_frames = max(1, (self.config.min_speech_ms + 100) // frame_ms)
         pre_roll_frames = self.config.pre_roll_ms // frame_ms
@@ -93,6 +114,7 @@ class TurnDetector:
         self._silence_ms = 0
         self._voiced_ms = 0
         self._peak_level = 0.0
+        self._silence_limit_ms = self.config.end_of_turn_ms  # what decide() set for this pause
 
     @property
     def in_turn(self) -> bool:
@@ -131,12 +153,29 @@ class TurnDetector:
     def push(self, frame: bytes) -> list[TurnEvent]:
         if len(frame) != self.frame_bytes:
             raise ValueError(f"frame must be {self.frame_bytes} bytes, got {len(frame)}")
-        voiced = self._vad.is_speech(frame, self.rate)
+        probability = self._speech(frame)
         self._position_ms += self.frame_ms
         if self._in_turn:
-            return self._continue_turn(frame, voiced)
-        self._before.append((frame, voiced))
+            return self._continue_turn(frame, probability >= self._in_turn_threshold)
+        self._before.append((frame, probability >= self.config.speech_threshold))
         return self._maybe_start()
+
+    @property
+    def _in_turn_threshold(self) -> float:
+        return max(0.05, self.config.speech_threshold - HYSTERESIS)
+
+    def decide(self, paused: SpeechPaused, verdict: Verdict) -> TurnEnded | None:
+        """The judgement of a pause; the turn it ends when finished, if the pause still lasts.
+
+        A judgement that comes after the caller spoke again is stale and changes nothing.
+        """
+        if not self._in_turn or self._silence_ms == 0 or self._last_voiced_end_ms != paused.end_ms:
+            return None
+        if verdict is Verdict.COMPLETE:
+            return self._end_turn("complete")
+        if verdict is Verdict.INCOMPLETE:
+            self._silence_limit_ms = max(self.config.incomplete_ms, self.config.end_of_turn_ms)
+        return None
 
     def finish(self) -> list[TurnEvent]:
         """End of the caller's audio: a turn in progress ends here."""
@@ -174,13 +213,15 @@ class TurnDetector:
         self._turn.append(frame)
         if voiced:
             self._silence_ms = 0
+            self._silence_limit_ms = self.config.end_of_turn_ms  # a new pause, judged afresh
             self._count_speech(frame)
             self._last_voiced_end_ms = self._position_ms
             self._last_voiced_index = len(self._turn) - 1
         else:
             self._silence_ms += self.frame_ms
-        if self._silence_ms >= self.config.end_of_turn_ms:
-            return [self._end_turn("silence")]
+        if self._silence_ms >= self._silence_limit_ms:
+            waited = self._silence_limit_ms > self.config.end_of_turn_ms
+            return [self._end_turn("incomplete_wait" if waited else "silence")]
         if self._silence_ms == self.config.pause_ms:
             audio = to_samples(b"".join(self._kept_frames())).copy()
             return [SpeechPaused(audio, self._turn_start_ms, self._last_voiced_end_ms)]
@@ -193,7 +234,7 @@ class TurnDetector:
             return [ended]
         return []
 
-    def _end_turn(self, reason: Literal["silence", "max_length", "end_of_stream"]) -> TurnEnded:
+    def _end_turn(self, reason: EndReason) -> TurnEnded:
         audio = to_samples(b"".join(self._kept_frames())).copy()
         ended = TurnEnded(audio, self._turn_start_ms, self._last_voiced_end_ms, reason)
         self._in_turn = False
@@ -201,6 +242,7 @@ class TurnDetector:
         self._silence_ms = 0
         self._voiced_ms = 0
         self._last_voiced_index = 0
+        self._silence_limit_ms = self.config.end_of_turn_ms
         return ended
 
     def _kept_frames(self) -> list[bytes]:

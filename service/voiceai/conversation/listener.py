@@ -15,9 +15,17 @@ import numpy as np
 
 from voiceai import events
 from voiceai.audio.pcm import FrameChunker, left_channel, resample, to_float
-from voiceai.audio.turns import SpeechPaused, SpeechStarted, TurnConfig, TurnDetector, TurnEnded
+from voiceai.audio.turns import (
+    SpeechPaused,
+    SpeechStarted,
+    TurnConfig,
+    TurnDetector,
+    TurnEnded,
+)
+from voiceai.audio.vad import SpeechProbability
 from voiceai.conversation.timing import TurnTiming
 from voiceai.engines.stt import WHISPER_RATE, SpeechToText, STTError, Transcript
+from voiceai.engines.turn import TurnCompletion, judge
 from voiceai.events import EventBus
 
 log = logging.getLogger(__name__)
@@ -55,6 +63,9 @@ class Listener:
         host: ListenerHost,
         language: Callable[[], str | None],
         partials: bool = True,
+        speech: SpeechProbability | None = None,
+        turn_model: TurnCompletion | None = None,
+        complete_threshold: float = 0.5,
     ) -> None:
         self.call_id = call_id
         self._rate = rate
@@ -64,7 +75,10 @@ class Listener:
         self._host = host
         self._language = language
         self._partials = partials
-        self._detector = TurnDetector(rate, VAD_FRAME_MS, turn)
+        self._turn_model = turn_model
+        self._complete_threshold = complete_threshold
+        self._judging: asyncio.Task[None] | None = None
+        self._detector = TurnDetector(rate, VAD_FRAME_MS, turn, speech)
         self._chunker = FrameChunker(self._detector.frame_bytes * channels)
         self._turns: asyncio.Queue[_Queued | None] = asyncio.Queue()
         self._early: tuple[SpeechPaused, asyncio.Task[Transcript | None]] | None = None
@@ -90,7 +104,8 @@ class Listener:
             self._bus.publish(events.SpeechStarted(call_id=self.call_id, at_ms=event.at_ms))
             self._host.on_speech_started(event.at_ms)
         elif isinstance(event, SpeechPaused):
-            self._transcribe_early(event)
+            early = self._transcribe_early(event)
+            self._judging = asyncio.create_task(self._judge(event, early))
         else:
             # The caller's last word was (position - end_ms) ago, if audio arrives in real time.
             lag_s = (self._detector.position_ms - event.end_ms) / 1000
@@ -128,10 +143,31 @@ class Listener:
                 )
             )
 
-    def _transcribe_early(self, paused: SpeechPaused) -> None:
-        """Transcribe while the end-of-turn silence elapses, so the text is ready at its end."""
+    def _transcribe_early(self, paused: SpeechPaused) -> asyncio.Task[Transcript | None]:
+        """Transcribe at the pause: the text judges the pause, and is the turn's if it ends."""
         self._drop_early()
-        self._early = (paused, asyncio.create_task(self._transcribe(paused.audio)))
+        task = asyncio.create_task(self._transcribe(paused.audio))
+        self._early = (paused, task)
+        return task
+
+    async def _judge(self, paused: SpeechPaused, early: asyncio.Task[Transcript | None]) -> None:
+        """Finished or not? The early transcript's words and the turn model's ear, together."""
+        probability = None
+        if self._turn_model is not None:
+            audio = to_float(resample(paused.audio, self._rate, WHISPER_RATE))
+            try:
+                probability = await self._turn_model.complete_probability(audio)
+            except Exception as exc:  # the silence rule still ends the turn
+                log.warning("call %s: turn model failed: %s", self.call_id, exc)
+        try:
+            transcript = await asyncio.shield(early)  # it is the turn's transcript too
+        except STTError:
+            return  # reported as the turn's failure when the turn ends
+        text = transcript.text if transcript is not None else None
+        verdict = judge(text, self._language(), probability, self._complete_threshold)
+        log.debug("call %s: pause judged %s (%r, p=%s)", self.call_id, verdict, text, probability)
+        if ended := self._detector.decide(paused, verdict):
+            self._on_turn_event(ended)
 
     def _take_early(self, turn: TurnEnded) -> asyncio.Task[Transcript | None] | None:
         if self._early is None:
@@ -144,6 +180,9 @@ class Listener:
         return None
 
     def _drop_early(self) -> None:
+        if self._judging is not None and self._judging is not asyncio.current_task():
+            self._judging.cancel()
+        self._judging = None
         if self._early is not None:
             self._early[1].cancel()
             self._early = None
@@ -198,9 +237,7 @@ class Listener:
     async def abort(self) -> None:
         """Stop at once: pending turns are dropped."""
         self._drop_early()
-        for task in (self._partial, self._worker):
-            if task is not None:
-                task.cancel()
-        await asyncio.gather(
-            *(t for t in (self._partial, self._worker) if t), return_exceptions=True
-        )
+        tasks = [t for t in (self._partial, self._worker) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -18,6 +18,7 @@ from typing import Any
 
 from voiceai import events
 from voiceai.audio.turns import TurnConfig, TurnEnded
+from voiceai.audio.vad import SileroModel
 from voiceai.conversation.dialog import Dialog
 from voiceai.conversation.line import CallLine
 from voiceai.conversation.listener import Listener
@@ -28,6 +29,7 @@ from voiceai.conversation.timing import TurnTiming
 from voiceai.engines.llm import LanguageModel, LLMError
 from voiceai.engines.stt import SpeechToText, Transcript
 from voiceai.engines.tts import SpeechSynthesizer
+from voiceai.engines.turn import TurnCompletion
 from voiceai.events import EventBus
 from voiceai.prompts import PromptCache
 from voiceai.telephony.control import CallControl
@@ -52,12 +54,15 @@ class Engines:
     control: CallControl | None
     prompts: PromptCache | None
     bus: EventBus
+    vad: SileroModel | None = None  # None: webrtcvad
+    turn_model: TurnCompletion | None = None  # None: the transcript's words alone judge pauses
 
 
 @dataclass(frozen=True)
 class CallPolicy:
     turn: TurnConfig
     barge_in_min_ms: int = 300
+    complete_threshold: float = 0.5  # the turn model's probability that counts as finished
     system_prompt: str = ""
     greeting: str = ""
     apology: str = "I'm sorry, I'm having trouble right now."
@@ -118,6 +123,9 @@ class CallSession:
             host=self,
             language=lambda: self._dialog.language,
             partials=policy.partial_transcripts,
+            speech=engines.vad.stream(rate) if engines.vad is not None else None,
+            turn_model=engines.turn_model,
+            complete_threshold=policy.complete_threshold,
         )
         self._responder = Responder(
             call_id,
@@ -161,6 +169,12 @@ class CallSession:
 
     def on_speech_started(self, at_ms: int) -> None:
         self._barged_in_this_turn = False
+        if self.state is State.THINKING:
+            # A speculative reply to a pause the caller has not finished: nothing has been
+            # played yet, so drop it quietly; their next words join the same message.
+            log.info("call %s: caller went on at %d ms; reply dropped unheard", self.call_id, at_ms)
+            self._machine.fire(Trigger.RESUMED)
+            self._stop_reply()
 
     def on_caller_voiced(self, voiced_ms: int, at_ms: int) -> None:
         """Barge-in: real speech (not a short "mhm") over the bot stops it."""
@@ -273,6 +287,8 @@ class CallSession:
     def _said(self, full: str, *, interrupted: bool, timing: TurnTiming | None = None) -> None:
         """A reply ended: the history keeps only what the caller heard."""
         heard = self._playback.take_heard()
+        if interrupted and not heard:
+            return  # stopped before a word was heard: no bot turn to record
         self._dialog.bot_said(heard)
         timings = timing.as_ms() if timing else {}
         self._bus.publish(

@@ -28,6 +28,7 @@ class Trigger(enum.StrEnum):
     TURN_COMPLETE = "turn_complete"  # the caller finished a turn that gets an answer
     AUDIO_READY = "audio_ready"  # a reply's audio is about to be played
     REPLY_DONE = "reply_done"  # everything queued has played (or there was nothing to play)
+    RESUMED = "resumed"  # the caller speaks again before any reply audio went out
     BARGE_IN = "barge_in"  # the caller talks over the bot
     SILENCE = "silence"  # the bot is stopped without a barge-in (mute, lost event socket)
     SAY = "say"  # an operator's words replace whatever the bot was doing
@@ -63,6 +64,7 @@ TRANSITIONS: dict[State, dict[Trigger, State]] = {
     T: {
         Trigger.AUDIO_READY: S,
         Trigger.REPLY_DONE: L,
+        Trigger.RESUMED: L,
         Trigger.BARGE_IN: L,
         Trigger.SILENCE: L,
         Trigger.SAY: S,

@@ -1,0 +1,65 @@
+"""The one rule that says whether a paused turn is finished: its words and the model's ear."""
+
+from __future__ import annotations
+
+import pytest
+
+from voiceai.audio.turns import Verdict
+from voiceai.engines.turn import judge, looks_unfinished
+
+UNFINISHED = [
+    ("en", "I would like to book a table for"),
+    ("en", "My name is John and"),
+    ("en", "Could you tell me whether the"),
+    ("en", "I need to change my"),
+    ("en", "I'm calling about,"),
+    ("en", "So I was wondering if um"),
+    ("en", "I want to talk to"),
+    ("ru", "Я хотел бы записаться на"),
+    ("ru", "Меня зовут Иван и"),
+    ("ru", "Дело в том, что у меня"),
+    ("ru", "Я звоню, потому что"),
+]
+FINISHED = [
+    ("en", "I would like to book a table for four people."),
+    ("en", "Yes, I can."),
+    ("en", "I think so."),
+    ("en", "What are you open for?"),  # a question is finished whatever its last word
+    ("en", "Where are you calling from?"),
+    ("en", "Thank you, goodbye."),
+    ("ru", "Это я."),
+    ("ru", "Запишите меня на завтра."),
+    ("ru", "На что?"),
+]
+
+
+@pytest.mark.parametrize(("language", "text"), UNFINISHED, ids=[t for _, t in UNFINISHED])
+def test_a_turn_ending_mid_sentence_is_unfinished_whatever_the_model_hears(
+    language: str, text: str
+) -> None:
+    assert looks_unfinished(text, language)
+    assert judge(text, language, probability=0.99, threshold=0.5) is Verdict.INCOMPLETE
+
+
+@pytest.mark.parametrize(("language", "text"), FINISHED, ids=[t for _, t in FINISHED])
+def test_a_finished_sentence_ends_the_turn_when_the_model_agrees(language: str, text: str) -> None:
+    assert not looks_unfinished(text, language)
+    assert judge(text, language, probability=0.8, threshold=0.5) is Verdict.COMPLETE
+
+
+def test_finished_words_that_do_not_sound_finished_leave_it_to_the_silence() -> None:
+    assert judge("I'd like a table", "en", probability=0.2, threshold=0.5) is Verdict.UNSURE
+
+
+def test_without_a_turn_model_the_words_alone_decide() -> None:
+    assert judge("I'd like a table", "en", probability=None, threshold=0.5) is Verdict.COMPLETE
+    assert judge("I'd like a table for", "en", None, 0.5) is Verdict.INCOMPLETE
+
+
+def test_a_pause_nobody_understood_is_left_to_the_silence() -> None:
+    assert judge(None, "en", probability=0.99, threshold=0.5) is Verdict.UNSURE
+
+
+def test_russian_rules_do_not_leak_into_english() -> None:
+    assert not looks_unfinished("I said и", "en")
+    assert looks_unfinished("Я сказал и", "ru")
