@@ -16,8 +16,9 @@ setup:
         || { echo "voiceai needs Python 3.11 or newer (python3 is $(python3 -V))" >&2; exit 1; }
     # espeak-ng: TTS fallback and test voices; cmake + g++: llama-cpp-python builds from source;
     # chromium: the viewer's browser tests (driven by Python playwright, never its own browser);
-    # iproute2: `ss`, to check what the service listens on.
-    apt_packages=(espeak-ng cmake g++ make chromium iproute2)
+    # iproute2: `ss`, to check what the service listens on; sox: the benchmarks' phone band
+    # and noise.
+    apt_packages=(espeak-ng cmake g++ make chromium iproute2 sox)
     python3 -c 'import ensurepip' 2>/dev/null || apt_packages+=(python3-venv)
     python3 -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
         || apt_packages+=(python3-dev)
@@ -60,6 +61,7 @@ bench: setup
     HF_HUB_OFFLINE=1 {{bin}}/python bench/stt_speed.py
     HF_HUB_OFFLINE=1 {{bin}}/python bench/ingest_cost.py
     HF_HUB_OFFLINE=1 {{bin}}/python bench/turn_latency.py
+    HF_HUB_OFFLINE=1 {{bin}}/python bench/turn_taking.py
 
 # Containers: check freeswitch/conf and .env, then build and start FreeSWITCH, the service, Ollama.
 up:

@@ -63,3 +63,12 @@ def test_a_pause_nobody_understood_is_left_to_the_silence() -> None:
 def test_russian_rules_do_not_leak_into_english() -> None:
     assert not looks_unfinished("I said и", "en")
     assert looks_unfinished("Я сказал и", "ru")
+
+
+def test_an_ending_whisper_may_have_invented_waits_like_an_unfinished_turn() -> None:
+    # On a noisy line tiny.en heard "a table for" + noise as "a table for it." (p("it") low).
+    verdict = judge("I'd like a table for it.", "en", 0.97, 0.5, tail_confidence=0.3)
+    assert verdict is Verdict.INCOMPLETE
+    assert judge("I'd like a table for it.", "en", 0.97, 0.5, tail_confidence=0.9) is (
+        Verdict.COMPLETE
+    )

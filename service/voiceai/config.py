@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     )
     vad_aggressiveness: int = Field(2, ge=0, le=3, description="webrtcvad mode, 3 = strictest.")
     pause_ms: int = Field(
-        160, ge=60, le=1000, description="Silence after which a turn is transcribed and judged."
+        120, ge=60, le=1000, description="Silence after which a turn is transcribed and judged."
     )
     end_of_turn_ms: int = Field(
         700,
@@ -146,7 +146,7 @@ class Settings(BaseSettings):
 
     # Turn-taking
     barge_in_min_ms: int = Field(
-        300, ge=0, le=3000, description="Caller speech that interrupts the bot; shorter is ignored."
+        250, ge=0, le=3000, description="Caller speech that interrupts the bot; shorter is ignored."
     )
 
     # Operator features

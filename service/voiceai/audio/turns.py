@@ -20,6 +20,15 @@ TAIL_MS = 200  # silence kept after the last voiced frame; Whisper ends words be
 # loudest one are that hangover (or line noise), not speech, when timing the caller.
 SPEECH_FLOOR_DB = 30.0
 HYSTERESIS = 0.15  # inside a turn, speech goes on until the probability drops this much lower
+# Babble (other people talking near the caller, a TV) is speech to any VAD, but quieter than the
+# caller, who is at the phone: once LEVEL_LEARN_MS of the caller's speech has set their level,
+# speech more than CALLER_LEVEL_GATE_DB below it is not theirs. The level follows the caller's
+# loud syllables (it rises fast and falls slowly), so quiet ones do not drag it down to the
+# babble's.
+CALLER_LEVEL_GATE_DB = 15.0
+LEVEL_LEARN_MS = 400
+LEVEL_RISE, LEVEL_FALL = 0.3, 0.01  # per 20 ms speech frame
+ONSET_REACH_MS = 600  # how far back a turn's start may reach to speech the level gate held back
 
 EndReason = Literal["silence", "complete", "incomplete_wait", "max_length", "end_of_stream"]
 
@@ -65,7 +74,7 @@ class TurnConfig:
     vad_aggressiveness: int = 2  # webrtcvad's, when it is the VAD
     speech_threshold: float = 0.5  # speech probability that counts as speech
     min_speech_ms: int = 200
-    pause_ms: int = 160  # silence after which the turn is transcribed and judged
+    pause_ms: int = 120  # silence after which the turn is transcribed and judged
     end_of_turn_ms: int = 700  # silence that ends a turn nobody judged finished or unfinished
     incomplete_ms: int = 1200  # silence that ends a turn judged unfinished
     max_utterance_ms: int = 20000
@@ -102,8 +111,12 @@ class TurnDetector:
         self._position_ms = 0
         window_frames = max(1, (self.config.min_speech_ms + 100) // frame_ms)
         pre_roll_frames = self.config.pre_roll_ms // frame_ms
-        # Frames before a turn: the start window plus the pre-roll, as (frame, voiced).
-        self._before: deque[tuple[bytes, bool]] = deque(maxlen=window_frames + pre_roll_frames)
+        # Frames before a turn: (frame, speech, heard): speech passed the caller's level gate,
+        # heard only means the VAD's probability was high (where a quiet first word begins).
+        reach = ONSET_REACH_MS // frame_ms
+        self._before: deque[tuple[bytes, bool, bool]] = deque(
+            maxlen=window_frames + pre_roll_frames + reach
+        )
         self._window_frames = window_frames
         self._pre_roll_frames = pre_roll_frames
         self._in_turn = False
@@ -115,6 +128,8 @@ class TurnDetector:
         self._voiced_ms = 0
         self._peak_level = 0.0
         self._silence_limit_ms = self.config.end_of_turn_ms  # what decide() set for this pause
+        self._caller_db = 0.0  # the caller's speech level, dBFS-like (see above)
+        self._caller_speech_ms = 0
 
     @property
     def in_turn(self) -> bool:
@@ -141,10 +156,24 @@ class TurnDetector:
         return to_samples(b"".join(self._turn)).copy(), self._turn_start_ms
 
     def _count_speech(self, frame: bytes) -> None:
-        level = float(np.sqrt(np.mean(to_samples(frame).astype(np.float64) ** 2)))
+        level = _level(frame)
         self._peak_level = max(self._peak_level, level)
         if level > 0 and level >= self._peak_level * 10 ** (-SPEECH_FLOOR_DB / 20):
             self._voiced_ms += self.frame_ms
+            db = _db(level)
+            if self._caller_speech_ms == 0:
+                self._caller_db = db
+            else:
+                rate = LEVEL_RISE if db > self._caller_db else LEVEL_FALL
+                self._caller_db += rate * (db - self._caller_db)
+            self._caller_speech_ms += self.frame_ms
+
+    def _is_speech(self, frame: bytes, probability: float, threshold: float) -> bool:
+        if probability < threshold:
+            return False
+        if self._caller_speech_ms < LEVEL_LEARN_MS:
+            return True
+        return _db(_level(frame)) >= self._caller_db - CALLER_LEVEL_GATE_DB
 
     @property
     def position_ms(self) -> int:
@@ -156,8 +185,14 @@ class TurnDetector:
         probability = self._speech(frame)
         self._position_ms += self.frame_ms
         if self._in_turn:
-            return self._continue_turn(frame, probability >= self._in_turn_threshold)
-        self._before.append((frame, probability >= self.config.speech_threshold))
+            return self._continue_turn(
+                frame, self._is_speech(frame, probability, self._in_turn_threshold)
+            )
+        threshold = self.config.speech_threshold
+        heard = probability >= threshold
+        self._before.append(
+            (frame, heard and self._is_speech(frame, probability, threshold), heard)
+        )
         return self._maybe_start()
 
     @property
@@ -185,16 +220,18 @@ class TurnDetector:
 
     def _maybe_start(self) -> list[TurnEvent]:
         window = list(self._before)[-self._window_frames :]
-        voiced_ms = sum(self.frame_ms for _, v in window if v)
+        voiced_ms = sum(self.frame_ms for _, v, _ in window if v)
         if voiced_ms < self.config.min_speech_ms:
             return []
-        first_voiced = next(i for i, (_, v) in enumerate(window) if v)
+        first_voiced = next(i for i, (_, v, _) in enumerate(window) if v)
         frames = list(self._before)
         start_index = len(frames) - len(window) + first_voiced
+        while start_index > 0 and frames[start_index - 1][2]:
+            start_index -= 1  # the speech began where the VAD first heard it, gate or not
         keep_from = max(0, start_index - self._pre_roll_frames)
-        self._turn = [f for f, _ in frames[keep_from:]]
+        self._turn = [f for f, _, _ in frames[keep_from:]]
         self._turn_start_ms = self._position_ms - (len(frames) - start_index) * self.frame_ms
-        last_voiced = max(i for i, (_, v) in enumerate(frames) if v)
+        last_voiced = max(i for i, (_, v, _) in enumerate(frames) if v)
         self._last_voiced_index = last_voiced - keep_from
         self._last_voiced_end_ms = (
             self._position_ms - (len(frames) - 1 - last_voiced) * self.frame_ms
@@ -202,7 +239,7 @@ class TurnDetector:
         self._silence_ms = (len(frames) - 1 - last_voiced) * self.frame_ms
         self._voiced_ms = 0
         self._peak_level = 0.0
-        for frame, v in frames[keep_from:]:
+        for frame, v, _ in frames[keep_from:]:
             if v:
                 self._count_speech(frame)
         self._in_turn = True
@@ -249,3 +286,12 @@ class TurnDetector:
         """The turn's frames up to the last voiced one, plus a short silent tail."""
         tail_frames = TAIL_MS // self.frame_ms
         return self._turn[: self._last_voiced_index + 1 + tail_frames]
+
+
+def _level(frame: bytes) -> float:
+    """RMS of a frame of int16 samples."""
+    return float(np.sqrt(np.mean(to_samples(frame).astype(np.float64) ** 2)))
+
+
+def _db(level: float) -> float:
+    return 20 * float(np.log10(level + 1e-9))

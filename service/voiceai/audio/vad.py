@@ -56,6 +56,9 @@ def onnx_session(path: Path, threads: int = 1):  # type: ignore[no-untyped-def]
     options.inter_op_num_threads = 1
     options.intra_op_num_threads = threads
     options.log_severity_level = 3  # no warnings about unused initializers on every start
+    # Idle threads must sleep, not spin: a spinning pool burns a core between checks.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

@@ -25,7 +25,7 @@ from voiceai.audio.turns import (
 from voiceai.audio.vad import SpeechProbability
 from voiceai.conversation.timing import TurnTiming
 from voiceai.engines.stt import WHISPER_RATE, SpeechToText, STTError, Transcript
-from voiceai.engines.turn import TurnCompletion, judge
+from voiceai.engines.turn import TurnCompletion, judge, worth_a_listen
 from voiceai.events import EventBus
 
 log = logging.getLogger(__name__)
@@ -150,21 +150,27 @@ class Listener:
         self._early = (paused, task)
         return task
 
-    async def _judge(self, paused: SpeechPaused, early: asyncio.Task[Transcript | None]) -> None:
-        """Finished or not? The early transcript's words and the turn model's ear, together."""
-        probability = None
-        if self._turn_model is not None:
-            audio = to_float(resample(paused.audio, self._rate, WHISPER_RATE))
-            try:
-                probability = await self._turn_model.complete_probability(audio)
-            except Exception as exc:  # the silence rule still ends the turn
-                log.warning("call %s: turn model failed: %s", self.call_id, exc)
+    async def _judge(
+        self, paused: SpeechPaused, early: asyncio.Task[Transcript | None]
+    ) -> None:
+        """Finished or not? The early transcript's words first; the turn model's ear only when
+        the words leave it open (it costs ~50 ms of CPU a check, and the words often decide)."""
         try:
             transcript = await asyncio.shield(early)  # it is the turn's transcript too
         except STTError:
             return  # reported as the turn's failure when the turn ends
         text = transcript.text if transcript is not None else None
-        verdict = judge(text, self._language(), probability, self._complete_threshold)
+        sure = transcript.tail_confidence if transcript is not None else 1.0
+        language = self._language()
+        verdict = judge(text, language, None, self._complete_threshold, sure)
+        probability = None
+        if self._turn_model is not None and worth_a_listen(verdict, text):
+            audio = to_float(resample(paused.audio, self._rate, WHISPER_RATE))
+            try:
+                probability = await self._turn_model.complete_probability(audio)
+            except Exception as exc:  # the words alone decide
+                log.warning("call %s: turn model failed: %s", self.call_id, exc)
+            verdict = judge(text, language, probability, self._complete_threshold, sure)
         log.debug("call %s: pause judged %s (%r, p=%s)", self.call_id, verdict, text, probability)
         if ended := self._detector.decide(paused, verdict):
             self._on_turn_event(ended)

@@ -61,7 +61,7 @@ class Engines:
 @dataclass(frozen=True)
 class CallPolicy:
     turn: TurnConfig
-    barge_in_min_ms: int = 300
+    barge_in_min_ms: int = 250
     complete_threshold: float = 0.5  # the turn model's probability that counts as finished
     system_prompt: str = ""
     greeting: str = ""
@@ -319,10 +319,12 @@ class CallSession:
             await asyncio.shield(previous)
         was_replying = reply is not None and not reply.done()
         if reply is not None:
-            reply.cancel()
+            reply.cancel()  # it stops at its next await; the state table refuses its audio
+        if self._playback.busy:
+            await self._playback.interrupt()  # the caller hears silence first
+        if reply is not None:
             await asyncio.gather(reply, return_exceptions=True)
         if self._playback.busy:
-            await self._playback.interrupt()
             try:
                 await asyncio.wait_for(self._playback.wait_idle(), BREAK_CONFIRM_S)
             except TimeoutError:

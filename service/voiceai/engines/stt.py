@@ -24,6 +24,9 @@ class Transcript:
     language: str
     audio_s: float
     stt_ms: int
+    # How sure Whisper is of the last words (the lowest probability of the last two): on a noisy
+    # line it invents endings ("a table for" → "a table for it."), which must not end a turn.
+    tail_confidence: float = 1.0
 
 
 class STTError(Exception):
@@ -88,7 +91,7 @@ class WhisperSTT:
         started = time.perf_counter()
         job = loop.run_in_executor(self._pool, self._transcribe_blocking, audio, language)
         try:
-            text, detected = await asyncio.wait_for(job, self._timeout_s)
+            text, detected, tail = await asyncio.wait_for(job, self._timeout_s)
         except TimeoutError as exc:
             raise STTError(f"transcription took longer than {self._timeout_s:.0f} s") from exc
         except Exception as exc:
@@ -96,9 +99,11 @@ class WhisperSTT:
         if not text:
             return None
         stt_ms = round((time.perf_counter() - started) * 1000)
-        return Transcript(text, detected, len(audio) / WHISPER_RATE, stt_ms)
+        return Transcript(text, detected, len(audio) / WHISPER_RATE, stt_ms, tail)
 
-    def _transcribe_blocking(self, audio: np.ndarray, language: str | None) -> tuple[str, str]:
+    def _transcribe_blocking(
+        self, audio: np.ndarray, language: str | None
+    ) -> tuple[str, str, float]:
         segments, info = self._model.transcribe(
             audio,
             language=language,
@@ -107,14 +112,16 @@ class WhisperSTT:
             condition_on_previous_text=False,
             no_speech_threshold=self._no_speech_threshold,
             vad_filter=False,  # the turn detector already gated the audio
-            without_timestamps=True,
+            word_timestamps=True,  # for each word's probability (~25 ms a turn)
         )
         kept = [
-            s.text.strip()
+            s
             for s in segments
             if s.no_speech_prob < self._no_speech_threshold and _has_words(s.text)
         ]
-        return " ".join(kept).strip(), info.language
+        words = [w.probability for s in kept for w in (s.words or [])]
+        tail = min(words[-2:]) if words else 1.0
+        return " ".join(s.text.strip() for s in kept).strip(), info.language, tail
 
     async def aclose(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
