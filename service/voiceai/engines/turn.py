@@ -126,18 +126,24 @@ class TurnCompletion(Protocol):
         ...
 
 
-def looks_unfinished(text: str, language: str | None) -> bool:
-    """The transcript ends mid-sentence: a trailing comma, dash or one of UNFINISHED's words."""
-    stripped = text.strip()
-    if stripped.endswith(("?", "!")):
-        return False  # Whisper heard a question or an exclamation: finished, whatever the word
-    if stripped.endswith((",", "-", "—", "…", "...")):
-        return True
-    words = [w.lower() for w in _WORDS.findall(stripped)]
+def ends_on_a_function_word(text: str, language: str | None) -> bool:
+    """The last word (or two) is one of UNFINISHED's, whatever the punctuation."""
+    words = [w.lower() for w in _WORDS.findall(text)]
     if not words:
         return False
     endings = UNFINISHED["ru"] if language == "ru" else UNFINISHED["en"]
     return words[-1] in endings or " ".join(words[-2:]) in endings
+
+
+def looks_unfinished(text: str, language: str | None) -> bool:
+    """The transcript ends mid-sentence: a trailing comma, dash or one of UNFINISHED's words
+    (unless Whisper heard a question or an exclamation)."""
+    stripped = text.strip()
+    if stripped.endswith(("?", "!")):
+        return False
+    if stripped.endswith((",", "-", "—", "…", "...")):
+        return True
+    return ends_on_a_function_word(stripped, language)
 
 
 def judge(
@@ -156,6 +162,10 @@ def judge(
         # Whisper may have invented it ("a table for" + line noise → "a table for it."): wait
         # as for an unfinished turn.
         return Verdict.INCOMPLETE
+    if ends_on_a_function_word(text, language):
+        # "Is it possible to move my appointment to?" was a fragment Whisper punctuated as a
+        # question ("Where are you calling from?" only waits for the silence rule).
+        return Verdict.UNSURE
     if probability is None or probability >= threshold:
         return Verdict.COMPLETE
     return Verdict.UNSURE
