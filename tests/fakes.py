@@ -23,6 +23,7 @@ from voiceai.conversation.registry import CallRegistry
 from voiceai.conversation.session import CallPolicy, CallSession, Engines
 from voiceai.engines.llm import LLMError
 from voiceai.engines.stt import STTError, Transcript
+from voiceai.engines.stt_scheduler import TranscriptionScheduler
 from voiceai.engines.tts import SpokenAudio, TTSError
 from voiceai.events import BaseEvent, EventBus
 from voiceai.prompts import PromptCache
@@ -36,6 +37,7 @@ class FakeSTT:
     """Transcribes any audio as `text` (what the test says the caller said)."""
 
     name = "fake-stt"
+    multilingual = False
 
     def __init__(self) -> None:
         self.text = ""
@@ -273,7 +275,7 @@ class CoreCall:
         self.tts = FakeTTS()
         self.media = folder / "media"
         engines = Engines(
-            self.stt,
+            TranscriptionScheduler(self.stt, workers=1),
             self.llm,
             self.tts,
             self.switch,

@@ -258,3 +258,9 @@ def test_the_call_record_reads_the_typed_events(tmp_path: Path) -> None:
     )
     assert caller["timings"] == {"stt_ms": 120, "backchannel": False}
     assert bot["timings"] == {"first_audio": 700, "interrupted": True}
+
+
+def test_an_event_is_serialized_once_however_many_viewers_get_it() -> None:
+    event = events.TranscriptFinal(call_id="a", text="hello", start_ms=0, end_ms=500)
+    assert event.wire_json() is event.wire_json()
+    assert json.loads(event.wire_json())["data"]["text"] == "hello"

@@ -21,6 +21,7 @@ from voiceai.conversation.registry import CallRegistry
 from voiceai.conversation.session import CallPolicy, Engines
 from voiceai.engines.llm import LanguageModel, build_llm
 from voiceai.engines.stt import WHISPER_RATE, SpeechToText, WhisperSTT
+from voiceai.engines.stt_scheduler import TranscriptionScheduler
 from voiceai.engines.tts import SpeechSynthesizer, build_tts
 from voiceai.engines.turn import SmartTurn, TurnCompletion
 from voiceai.events import EventBus
@@ -167,10 +168,13 @@ def create_app(
         prompts = PromptCache(tts_engine, settings.media_dir / "prompts")
         await warm_up_models(settings, stt_engine, tts_engine, prompts, turn_model)
         control = EslCallControl(esl) if esl is not None else None
+        transcriber = TranscriptionScheduler(stt_engine, workers=settings.stt_workers)
         engines = Engines(
-            stt_engine, llm_engine, tts_engine, control, prompts, bus, vad, turn_model
+            transcriber, llm_engine, tts_engine, control, prompts, bus, vad, turn_model
         )
         metrics = Metrics()
+        metrics.watch_stt(transcriber)
+        watching_loop = asyncio.create_task(metrics.watch_loop(), name="loop-lag")
         app.state.services = Services(
             settings, bus, store, engines, esl, call_policy(settings), calls, metrics
         )
@@ -186,11 +190,15 @@ def create_app(
                 await call.abort("service stopped")
             llm_warming.cancel()
             pruner.cancel()
+            watching_loop.cancel()
+            await transcriber.aclose()
             if esl is not None:
                 await esl.stop()
             recorder.cancel()  # it writes what is still queued before it stops
             counting.cancel()
-            await asyncio.gather(recorder, counting, llm_warming, pruner, return_exceptions=True)
+            await asyncio.gather(
+                recorder, counting, llm_warming, pruner, watching_loop, return_exceptions=True
+            )
             await store.aclose()
             if stt is None:
                 await stt_engine.aclose()

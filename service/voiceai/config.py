@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+CALLS_PER_CORE = 15  # measured with bench/capacity.py (tiny.en, 2 cores); see the README
 ENV_PREFIX = "VOICEAI_"
 
 
@@ -144,6 +146,14 @@ class Settings(BaseSettings):
         3.0, gt=0, le=60, description="Longest edge-tts may take before the fallback speaks."
     )
 
+    # Capacity
+    max_calls: int = Field(
+        0,
+        ge=0,
+        le=10000,
+        description="Calls at once; a fork beyond it is refused (close 1013). 0: 15 per CPU core.",
+    )
+
     # Turn-taking
     barge_in_min_ms: int = Field(
         250, ge=0, le=3000, description="Caller speech that interrupts the bot; shorter is ignored."
@@ -198,6 +208,10 @@ class Settings(BaseSettings):
                 f"hold (now {self.pause_ms}, {self.end_of_turn_ms}, {self.incomplete_turn_ms})"
             )
         return self
+
+    def call_limit(self) -> int:
+        """VOICEAI_MAX_CALLS, or what this machine's cores hold (bench/capacity.py)."""
+        return self.max_calls or CALLS_PER_CORE * (os.cpu_count() or 1)
 
     def fork_base_url(self) -> str:
         return (self.fork_url or f"ws://127.0.0.1:{self.port}").rstrip("/")

@@ -16,6 +16,7 @@ import logging
 import time
 import types
 from collections.abc import AsyncIterator, Collection
+from functools import cached_property
 from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -53,8 +54,13 @@ class BaseEvent(BaseModel):
     def wire(self) -> dict[str, Any]:
         return {"type": self.type, "call_id": self.call_id, "at": self.at, "data": self.data}
 
-    def wire_json(self) -> str:
+    @cached_property
+    def wire_text(self) -> str:
+        """The wire form as JSON text, made once however many viewers are sent it."""
         return _WIRE.dump_json(self.wire()).decode()
+
+    def wire_json(self) -> str:
+        return self.wire_text
 
 
 _WIRE: TypeAdapter[dict[str, Any]] = TypeAdapter(dict[str, Any])

@@ -18,6 +18,7 @@ from prometheus_client import (
 )
 
 from voiceai import events
+from voiceai.engines.stt_scheduler import Priority, TranscriptionScheduler
 from voiceai.events import (
     BargeIn,
     BaseEvent,
@@ -130,6 +131,56 @@ class Metrics:
             self.turns.labels(speaker)
         for stage in STAGES:
             self.turn_stages.labels(stage)
+        # Capacity: measured where it happens (the STT scheduler, the fork socket, the loop),
+        # since none of it belongs to one call's events.
+        self.stt_queue = Gauge(
+            "voiceai_stt_queue",
+            "Transcriptions waiting for a worker, by priority.",
+            ["priority"],
+            registry=reg,
+        )
+        self.stt_wait = Histogram(
+            "voiceai_stt_wait_seconds",
+            "Time a transcription waited for a worker.",
+            ["priority"],
+            buckets=STAGE_BUCKETS,
+            registry=reg,
+        )
+        self.partials_dropped = Counter(
+            "voiceai_stt_partials_dropped_total",
+            "Partial transcriptions dropped unrun (stale, or replaced by a newer one).",
+            registry=reg,
+        )
+        self.calls_refused = Counter(
+            "voiceai_calls_refused_total",
+            "Forks refused at once, by why (over VOICEAI_MAX_CALLS, ...).",
+            ["reason"],
+            registry=reg,
+        )
+        self.loop_lag = Histogram(
+            "voiceai_event_loop_lag_seconds",
+            "How late the event loop wakes a 0.25 s timer: what every call's work waits behind.",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=reg,
+        )
+
+    def watch_stt(self, scheduler: TranscriptionScheduler) -> None:
+        """Queue depth read at each scrape; waits and drops reported by the scheduler."""
+        for priority in Priority:
+            self.stt_queue.labels(priority.name.lower()).set_function(
+                lambda p=priority: scheduler.waiting(p)
+            )
+            self.stt_wait.labels(priority.name.lower())
+        scheduler.on_wait = lambda p, s: self.stt_wait.labels(p.name.lower()).observe(s)
+        scheduler.on_drop = self.partials_dropped.inc
+
+    async def watch_loop(self, every_s: float = 0.25) -> None:
+        """Measures event-loop lag for the app's lifetime."""
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + every_s
+            await asyncio.sleep(every_s)
+            self.loop_lag.observe(max(0.0, loop.time() - due))
 
     # -- feeding -------------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from voiceai.telephony.fork import (
     CLOSE_ERROR,
     CLOSE_NORMAL,
     CLOSE_POLICY,
+    CLOSE_TRY_LATER,
     DEFAULT_RATE,
     SUBPROTOCOL,
     Audio,
@@ -28,6 +29,7 @@ from voiceai.telephony.fork import (
 
 log = logging.getLogger(__name__)
 router = APIRouter()
+MAX_NOTED_TEXT = 1000  # of a fork's text frame, into the call's events (and their viewers)
 
 
 @router.websocket("/fork/{call_id}")
@@ -48,9 +50,14 @@ async def fork(ws: WebSocket, call_id: str) -> None:
     if not CALL_ID.match(call_id):
         await _close(ws, CLOSE_POLICY, "call id must be letters, digits, dot, dash, underscore")
         return
-    if call_id in svc.calls:
-        log.warning("fork %s refused: the call is already streaming", call_id)
-        await _close(ws, CLOSE_POLICY, "call is already streaming")
+    refused = svc.calls.admit(call_id, settings.call_limit())
+    if refused is not None:
+        over = refused.startswith("over capacity")
+        log.warning("fork %s refused: %s", call_id, refused)
+        svc.metrics.calls_refused.labels("capacity" if over else "duplicate").inc()
+        # Over capacity: 1013 "try again later"; FreeSWITCH's safety net (sched_transfer)
+        # then apologises and transfers the caller, as when the service is down.
+        await _close(ws, CLOSE_TRY_LATER if over else CLOSE_POLICY, refused)
         return
 
     call: CallSession | None = None
@@ -105,8 +112,8 @@ async def fork(ws: WebSocket, call_id: str) -> None:
             if isinstance(message, Audio):
                 call.feed(message.data)
             else:
-                log.info("call %s: text from FreeSWITCH: %.200s", call_id, message.text)
-                call.note_text(message.text)
+                log.info("call %s: text from FreeSWITCH: %.200r", call_id, message.text)
+                call.note_text(message.text[:MAX_NOTED_TEXT])
         await _close(ws, CLOSE_NORMAL, "")
     except ForkProtocolError as exc:
         log.warning("fork %s closed: %s", call_id, exc.reason)
@@ -117,17 +124,17 @@ async def fork(ws: WebSocket, call_id: str) -> None:
         reason = "internal error"
         await _close(ws, CLOSE_ERROR, "internal error")
     finally:
-        if call is not None:
-            try:
+        try:
+            if call is not None:
                 await call.finish(reason)
-            finally:
-                svc.calls.remove(call_id)
                 log.info("call %s ended: %s", call_id, reason)
+        finally:
+            svc.calls.remove(call_id)  # the place this fork held since it was admitted
 
 
 def engine_names(engines: Engines) -> dict[str, str]:
     """Which engines serve the call, for its record."""
-    named = {"stt": engines.stt, "llm": engines.llm, "tts": engines.tts}
+    named = {"stt": engines.stt.stt, "llm": engines.llm, "tts": engines.tts}
     return {
         kind: str(
             getattr(engine, "name", None)

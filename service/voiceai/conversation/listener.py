@@ -24,7 +24,8 @@ from voiceai.audio.turns import (
 )
 from voiceai.audio.vad import SpeechProbability
 from voiceai.conversation.timing import TurnTiming
-from voiceai.engines.stt import WHISPER_RATE, SpeechToText, STTError, Transcript
+from voiceai.engines.stt import WHISPER_RATE, STTError, Transcript
+from voiceai.engines.stt_scheduler import Dropped, Priority, TranscriptionScheduler
 from voiceai.engines.turn import TurnCompletion, judge, worth_a_listen
 from voiceai.events import EventBus
 
@@ -58,7 +59,7 @@ class Listener:
         rate: int,
         channels: int,
         turn: TurnConfig,
-        stt: SpeechToText,
+        stt: TranscriptionScheduler,
         bus: EventBus,
         host: ListenerHost,
         language: Callable[[], str | None],
@@ -84,6 +85,7 @@ class Listener:
         self._early: tuple[SpeechPaused, asyncio.Task[Transcript | None]] | None = None
         self._partial: asyncio.Task[None] | None = None
         self._next_partial_ms = PARTIAL_EVERY_MS
+        self._turn_start_ms: int | None = None  # of the turn in progress, for stale partials
         self._worker = asyncio.create_task(self._transcribe_turns(), name=f"turns-{call_id}")
 
     def feed(self, data: bytes) -> None:
@@ -100,6 +102,7 @@ class Listener:
 
     def _on_turn_event(self, event: SpeechStarted | SpeechPaused | TurnEnded) -> None:
         if isinstance(event, SpeechStarted):
+            self._turn_start_ms = event.at_ms
             self._next_partial_ms = event.at_ms + PARTIAL_EVERY_MS
             self._bus.publish(events.SpeechStarted(call_id=self.call_id, at_ms=event.at_ms))
             self._host.on_speech_started(event.at_ms)
@@ -132,9 +135,12 @@ class Listener:
         self._partial = asyncio.create_task(self._publish_partial(*so_far))
 
     async def _publish_partial(self, audio: np.ndarray, start_ms: int) -> None:
+        def still_wanted() -> bool:  # the same turn is still going on
+            return self._detector.in_turn and self._turn_start_ms == start_ms
+
         try:
-            transcript = await self._transcribe(audio)
-        except STTError:
+            transcript = await self._transcribe(audio, Priority.PARTIAL, still_wanted)
+        except (STTError, Dropped):
             return  # a partial is a courtesy; the final transcript reports failures
         if transcript is not None and self._detector.in_turn:
             self._bus.publish(
@@ -146,7 +152,7 @@ class Listener:
     def _transcribe_early(self, paused: SpeechPaused) -> asyncio.Task[Transcript | None]:
         """Transcribe at the pause: the text judges the pause, and is the turn's if it ends."""
         self._drop_early()
-        task = asyncio.create_task(self._transcribe(paused.audio))
+        task = asyncio.create_task(self._transcribe(paused.audio, Priority.EARLY))
         self._early = (paused, task)
         return task
 
@@ -193,9 +199,16 @@ class Listener:
             self._early[1].cancel()
             self._early = None
 
-    async def _transcribe(self, audio_at_call_rate: np.ndarray) -> Transcript | None:
+    async def _transcribe(
+        self,
+        audio_at_call_rate: np.ndarray,
+        priority: Priority = Priority.FINAL,
+        wanted: Callable[[], bool] | None = None,
+    ) -> Transcript | None:
         audio = to_float(resample(audio_at_call_rate, self._rate, WHISPER_RATE))
-        return await self._stt_engine.transcribe(audio, self._language())
+        return await self._stt_engine.transcribe(
+            audio, self._language(), call_id=self.call_id, priority=priority, wanted=wanted
+        )
 
     # -- final transcripts, in order ----------------------------------------------------------
 

@@ -8,21 +8,33 @@ from voiceai.telephony.esl import EslEvent
 
 
 class CallRegistry:
-    """One fork stream a call."""
+    """One fork stream a call; a fork holds its place from the moment it is admitted."""
 
     def __init__(self) -> None:
         self._calls: dict[str, CallSession] = {}
+        self._admitted: set[str] = set()  # forks accepted, their call not made yet
 
     def __contains__(self, call_id: str) -> bool:
-        return call_id in self._calls
+        return call_id in self._calls or call_id in self._admitted
 
     def __len__(self) -> int:
-        return len(self._calls)
+        return len(self._calls) + len(self._admitted)
+
+    def admit(self, call_id: str, limit: int) -> str | None:
+        """Hold a place for a new fork, at once (no await between check and hold); why not."""
+        if call_id in self:
+            return "the call is already streaming"
+        if len(self) >= limit:
+            return f"over capacity ({limit} calls)"
+        self._admitted.add(call_id)
+        return None
 
     def add(self, call: CallSession) -> None:
+        self._admitted.discard(call.call_id)
         self._calls[call.call_id] = call
 
     def remove(self, call_id: str) -> None:
+        self._admitted.discard(call_id)
         self._calls.pop(call_id, None)
 
     def get(self, call_id: str) -> CallSession | None:

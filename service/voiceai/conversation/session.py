@@ -27,7 +27,8 @@ from voiceai.conversation.responder import Responder
 from voiceai.conversation.states import TRANSITIONS, Refused, State, StateMachine, Trigger
 from voiceai.conversation.timing import TurnTiming
 from voiceai.engines.llm import LanguageModel, LLMError
-from voiceai.engines.stt import SpeechToText, Transcript
+from voiceai.engines.stt import Transcript
+from voiceai.engines.stt_scheduler import TranscriptionScheduler
 from voiceai.engines.tts import SpeechSynthesizer
 from voiceai.engines.turn import TurnCompletion
 from voiceai.events import EventBus
@@ -48,7 +49,7 @@ class CallNotReady(Exception):
 class Engines:
     """What every call shares, made once at start-up."""
 
-    stt: SpeechToText
+    stt: TranscriptionScheduler  # every call's transcriptions, by priority and in turn
     llm: LanguageModel | None
     tts: SpeechSynthesizer | None
     control: CallControl | None

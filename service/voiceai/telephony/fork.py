@@ -14,6 +14,7 @@ import hmac
 import json
 import logging
 import re
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,8 @@ log = logging.getLogger(__name__)
 
 SUBPROTOCOL = "audio.drachtio.org"
 MAX_FRAME_BYTES = 64 * 1024
+MAX_TEXT_BYTES = 8 * 1024  # mod_audio_fork's own metadata limit; send_text frames are small
+TEXT_FRAMES_PER_S, TEXT_BURST = 10.0, 30  # more is a flood, not FreeSWITCH
 DEFAULT_RATE = 16000
 SUPPORTED_RATES = (8000, 16000)
 CALL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -34,6 +37,7 @@ CLOSE_POLICY = 1008
 CLOSE_UNSUPPORTED = 1003
 CLOSE_TOO_BIG = 1009
 CLOSE_ERROR = 1011
+CLOSE_TRY_LATER = 1013  # over VOICEAI_MAX_CALLS: the dialplan's safety net takes the caller
 
 
 class ForkProtocolError(Exception):
@@ -145,9 +149,11 @@ ForkMessage = Audio | Text
 async def receive_messages(ws: WebSocket) -> AsyncIterator[ForkMessage]:
     """Frames from an accepted fork socket until the caller's audio ends.
 
-    Ends on close or on a zero-length binary frame; raises ForkProtocolError on a frame
-    over MAX_FRAME_BYTES.
+    Ends on close or on a zero-length binary frame; raises ForkProtocolError on a frame over
+    MAX_FRAME_BYTES, a text frame over MAX_TEXT_BYTES, or text frames faster than
+    TEXT_FRAMES_PER_S (beyond a burst): nothing one client sends grows without bound.
     """
+    text_budget, refilled = float(TEXT_BURST), time.monotonic()
     while True:
         try:
             message = await ws.receive()
@@ -167,4 +173,14 @@ async def receive_messages(ws: WebSocket) -> AsyncIterator[ForkMessage]:
                 return  # zero-length binary: FreeSWITCH's graceful end of audio
             yield Audio(data)
         elif text is not None:
+            if size > MAX_TEXT_BYTES:
+                raise ForkProtocolError(
+                    CLOSE_TOO_BIG, f"text frame of {size} bytes exceeds {MAX_TEXT_BYTES}"
+                )
+            now = time.monotonic()
+            text_budget = min(TEXT_BURST, text_budget + (now - refilled) * TEXT_FRAMES_PER_S)
+            refilled = now
+            if text_budget < 1:
+                raise ForkProtocolError(CLOSE_POLICY, "text frame flood")
+            text_budget -= 1
             yield Text(text)
