@@ -180,6 +180,11 @@ class Listener:
         log.debug("call %s: pause judged %s (%r, p=%s)", self.call_id, verdict, text, probability)
         if ended := self._detector.decide(paused, verdict):
             self._on_turn_event(ended)
+        elif text and self._partials and self._detector.in_turn:
+            # The turn goes on: what it said up to this pause is its partial, at no extra cost.
+            self._bus.publish(
+                events.TranscriptPartial(call_id=self.call_id, text=text, start_ms=paused.start_ms)
+            )
 
     def _take_early(self, turn: TurnEnded) -> asyncio.Task[Transcript | None] | None:
         if self._early is None:
