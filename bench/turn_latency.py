@@ -11,24 +11,20 @@ from __future__ import annotations
 import asyncio
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
-import uvicorn
 
+from local_service import ESL_PASSWORD, local_service
 from voiceai import events
-from voiceai.app import create_app
 from voiceai.audio.pcm import decode_file, resample, to_float
 from voiceai.config import Settings
 from voiceai.engines.stt import WHISPER_RATE, WhisperSTT
 from voiceai.engines.tts import build_tts
-from voiceai.sim.demo import free_port
 from voiceai.sim.freeswitch import EslServer
 from voiceai.sim.ollama_server import OllamaEmulator
 from voiceai.sim.phone import PhoneCall
-from voiceai.sim.simulate import wait_ready
 from voiceai.sim.voices import synthesize_caller
 
 RATE = 8000
@@ -71,35 +67,17 @@ async def main() -> None:
         for i, line in enumerate(LINES)
     ]
     stt = WhisperSTT("auto", workers=2)
-    switch = EslServer("bench")
+    switch = EslServer(ESL_PASSWORD)
     await switch.start()
     with OllamaEmulator(reply=lambda messages: REPLY) as ollama:
-        port = free_port()
-        settings = Settings(
-            port=port,
-            esl_port=switch.port,
-            esl_password="bench",
-            llm="ollama",
-            ollama_url=ollama.url,
-            tts="piper",
-            greeting="",
-            database_url=f"sqlite:///{work}/calls.db",
-            media_dir=work / "media",
-        )
-        server = uvicorn.Server(
-            uvicorn.Config(create_app(settings, stt=stt), port=port, log_level="warning")
-        )
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        if not await wait_ready(f"http://127.0.0.1:{port}", None):
-            raise SystemExit("the service did not connect to the event socket emulator")
-        async with PhoneCall(switch, f"ws://127.0.0.1:{port}", rate=RATE) as call:
+        async with (
+            local_service(switch.port, ollama.url, work, stt) as (settings, ws_url),
+            PhoneCall(switch, ws_url, rate=RATE) as call,
+        ):
             await call.dial()
             await call.converse(utterances * ROUNDS)
             await call.wait_bot_done()
             await call.end()
-        server.should_exit = True
-        thread.join(timeout=15)
     await switch.stop()
 
     turns = [e["data"]["timings"] for e in call.log.of(events.BOT_SAID) if e["data"]["timings"]]

@@ -36,7 +36,6 @@ import re
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
 import wave
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -45,19 +44,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-import uvicorn
 
+from local_service import ESL_PASSWORD, local_service
 from voiceai import events
-from voiceai.app import create_app
 from voiceai.audio.pcm import FrameChunker, decode_file, resample, to_float
-from voiceai.config import Settings
 from voiceai.engines.stt import WHISPER_RATE, WhisperSTT
-from voiceai.sim.demo import free_port
 from voiceai.sim.freeswitch import Channel, EslServer
 from voiceai.sim.freeswitch.protocol import get_header
 from voiceai.sim.ollama_server import OllamaEmulator
 from voiceai.sim.phone import PhoneCall
-from voiceai.sim.simulate import wait_ready
 from voiceai.sim.voices import synthesize_caller
 
 REAL = Path("/work/shared/speech/real")
@@ -1035,53 +1030,33 @@ async def main(quick: bool) -> None:
             flush=True,
         )
         stt = WhisperSTT("auto", workers=2)
-        switch = TimedSwitch("bench")
+        switch = TimedSwitch(ESL_PASSWORD)
         await switch.start()
         with OllamaEmulator(reply=lambda messages: SHORT_REPLY) as ollama:
-            port = free_port()
-            settings = Settings(
-                port=port,
-                esl_port=switch.port,
-                esl_password="bench",
-                llm="ollama",
-                ollama_url=ollama.url,
-                tts="piper",
-                greeting="",
-                database_url=f"sqlite:///{work}/calls.db",
-                media_dir=work / "media",
-            )
-            server = uvicorn.Server(
-                uvicorn.Config(create_app(settings, stt=stt), port=port, log_level="warning")
-            )
-            thread = threading.Thread(target=server.run, daemon=True)
-            thread.start()
-            if not await wait_ready(f"http://127.0.0.1:{port}", None):
-                raise SystemExit("the service did not connect to the event socket emulator")
-            bench = Bench(switch, f"ws://127.0.0.1:{port}", ollama, mixer, plan)
-            print(
-                f"service: VAD {getattr(settings, 'vad', 'webrtc')}, end-of-turn model "
-                f"{getattr(settings, 'turn_model', 'none')}, end of turn after "
-                f"{settings.end_of_turn_ms} ms of silence",
-                flush=True,
-            )
-            took("setup")
-            print_turn_latency(await part_turn_latency(bench, clips, questions), clips)
-            took("1")
-            print_pauses(await part_pauses(bench, phrases), len(phrases))
-            took("2")
-            print_noise([await noise_over_bot(bench, k, opening) for k in ("pink", "babble")])
-            took("3")
-            print_over_bot(
-                {
-                    name: await over_bot_line(bench, over_bot, opening, BY_NAME[name])
-                    for name in plan.over_bot_lines
-                }
-            )
-            took("4")
-            if bench.gaps:
-                print(f"  (warning: the caller's line ran dry {bench.gaps} times)")
-            server.should_exit = True
-            thread.join(timeout=15)
+            async with local_service(switch.port, ollama.url, work, stt) as (settings, ws_url):
+                bench = Bench(switch, ws_url, ollama, mixer, plan)
+                print(
+                    f"service: VAD {getattr(settings, 'vad', 'webrtc')}, end-of-turn model "
+                    f"{getattr(settings, 'turn_model', 'none')}, end of turn after "
+                    f"{settings.end_of_turn_ms} ms of silence",
+                    flush=True,
+                )
+                took("setup")
+                print_turn_latency(await part_turn_latency(bench, clips, questions), clips)
+                took("1")
+                print_pauses(await part_pauses(bench, phrases), len(phrases))
+                took("2")
+                print_noise([await noise_over_bot(bench, k, opening) for k in ("pink", "babble")])
+                took("3")
+                print_over_bot(
+                    {
+                        name: await over_bot_line(bench, over_bot, opening, BY_NAME[name])
+                        for name in plan.over_bot_lines
+                    }
+                )
+                took("4")
+                if bench.gaps:
+                    print(f"  (warning: the caller's line ran dry {bench.gaps} times)")
         await switch.stop()
         print_wer(*await part_wer(stt, load_manifest(), work, plan.wer_clips))
         await stt.aclose()
