@@ -240,3 +240,20 @@ def test_a_judgement_that_comes_after_the_caller_spoke_again_changes_nothing(
         detector.push(real_clip("en_harvard_spk2_snt4")[i : i + 160].tobytes())
     assert detector.decide(paused, Verdict.COMPLETE) is None
     assert detector.in_turn
+
+
+def test_the_silence_rule_waits_for_a_verdict_on_its_way_but_not_forever(
+    silero: SileroModel,
+) -> None:
+    clip = real_clip("en_harvard_spk2_snt2")
+    detector = TurnDetector(8000, 20, TurnConfig(), silero.stream(8000), judged=True)
+    quiet = np.zeros(160, np.int16).tobytes()
+    audio = line8k(0.5, clip)
+    for i in range(0, len(audio) - 159, 160):
+        detector.push(audio[i : i + 160].tobytes())
+    events, silence = [], 0
+    while not events:  # nobody answers the pause (a transcription still running)
+        events = detector.push(quiet)
+        silence = detector.trailing_silence_ms or silence + 20
+    assert events[0].reason == "silence"
+    assert silence >= detector.config.incomplete_ms - 200  # not the plain 700 ms rule

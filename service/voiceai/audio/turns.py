@@ -98,6 +98,8 @@ class TurnDetector:
         frame_ms: int = 20,
         config: TurnConfig | None = None,
         speech: SpeechProbability | None = None,
+        *,
+        judged: bool = False,  # someone answers every SpeechPaused with decide()
     ) -> None:
         if rate not in VAD_RATES:
             raise ValueError(f"unsupported VAD rate {rate}; use one of {VAD_RATES}")
@@ -128,6 +130,8 @@ class TurnDetector:
         self._voiced_ms = 0
         self._peak_level = 0.0
         self._silence_limit_ms = self.config.end_of_turn_ms  # what decide() set for this pause
+        self._judging = False  # a pause was reported and its verdict has not come yet
+        self._judged = judged
         self._caller_db = 0.0  # the caller's speech level, dBFS-like (see above)
         self._caller_speech_ms = 0
 
@@ -206,6 +210,7 @@ class TurnDetector:
         """
         if not self._in_turn or self._silence_ms == 0 or self._last_voiced_end_ms != paused.end_ms:
             return None
+        self._judging = False
         if verdict is Verdict.COMPLETE:
             return self._end_turn("complete")
         if verdict is Verdict.INCOMPLETE:
@@ -251,15 +256,17 @@ class TurnDetector:
         if voiced:
             self._silence_ms = 0
             self._silence_limit_ms = self.config.end_of_turn_ms  # a new pause, judged afresh
+            self._judging = False
             self._count_speech(frame)
             self._last_voiced_end_ms = self._position_ms
             self._last_voiced_index = len(self._turn) - 1
         else:
             self._silence_ms += self.frame_ms
-        if self._silence_ms >= self._silence_limit_ms:
+        if self._silence_ms >= self._silence_limit_ms and not self._awaiting_verdict():
             waited = self._silence_limit_ms > self.config.end_of_turn_ms
             return [self._end_turn("incomplete_wait" if waited else "silence")]
         if self._silence_ms == self.config.pause_ms:
+            self._judging = self._judged
             audio = to_samples(b"".join(self._kept_frames())).copy()
             return [SpeechPaused(audio, self._turn_start_ms, self._last_voiced_end_ms)]
         if self._position_ms - self._turn_start_ms >= self.config.max_utterance_ms:
@@ -271,6 +278,11 @@ class TurnDetector:
             return [ended]
         return []
 
+    def _awaiting_verdict(self) -> bool:
+        """A pause is being judged: the plain silence rule must not pre-empt an "unfinished"
+        verdict on its way (a slow transcription), up to the unfinished turn's own limit."""
+        return self._judging and self._silence_ms < self.config.incomplete_ms
+
     def _end_turn(self, reason: EndReason) -> TurnEnded:
         audio = to_samples(b"".join(self._kept_frames())).copy()
         ended = TurnEnded(audio, self._turn_start_ms, self._last_voiced_end_ms, reason)
@@ -280,6 +292,7 @@ class TurnDetector:
         self._voiced_ms = 0
         self._last_voiced_index = 0
         self._silence_limit_ms = self.config.end_of_turn_ms
+        self._judging = False
         return ended
 
     def _kept_frames(self) -> list[bytes]:

@@ -21,6 +21,7 @@ from voiceai.audio.turns import (
     TurnConfig,
     TurnDetector,
     TurnEnded,
+    Verdict,
 )
 from voiceai.audio.vad import SpeechProbability
 from voiceai.conversation.timing import TurnTiming
@@ -79,7 +80,7 @@ class Listener:
         self._turn_model = turn_model
         self._complete_threshold = complete_threshold
         self._judging: asyncio.Task[None] | None = None
-        self._detector = TurnDetector(rate, VAD_FRAME_MS, turn, speech)
+        self._detector = TurnDetector(rate, VAD_FRAME_MS, turn, speech, judged=True)
         self._chunker = FrameChunker(self._detector.frame_bytes * channels)
         self._turns: asyncio.Queue[_Queued | None] = asyncio.Queue()
         self._early: tuple[SpeechPaused, asyncio.Task[Transcript | None]] | None = None
@@ -163,8 +164,9 @@ class Listener:
         the words leave it open (it costs ~50 ms of CPU a check, and the words often decide)."""
         try:
             transcript = await asyncio.shield(early)  # it is the turn's transcript too
-        except STTError:
-            return  # reported as the turn's failure when the turn ends
+        except STTError:  # reported as the turn's failure when the turn ends
+            self._detector.decide(paused, Verdict.UNSURE)  # no verdict: the silence decides
+            return
         text = transcript.text if transcript is not None else None
         sure = transcript.tail_confidence if transcript is not None else 1.0
         language = self._language()
