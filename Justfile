@@ -62,6 +62,7 @@ bench: setup
     HF_HUB_OFFLINE=1 {{bin}}/python bench/ingest_cost.py
     HF_HUB_OFFLINE=1 {{bin}}/python bench/turn_latency.py
     HF_HUB_OFFLINE=1 {{bin}}/python bench/turn_taking.py
+    HF_HUB_OFFLINE=1 {{bin}}/python bench/capacity.py
 
 # Containers: check freeswitch/conf and .env, then build and start FreeSWITCH, the service, Ollama.
 up:
