@@ -75,7 +75,7 @@ from voiceai.sim.demo import free_port
 from voiceai.sim.fork_client import ForkClient
 from voiceai.sim.freeswitch import Channel
 from voiceai.sim.ollama_server import OllamaEmulator
-from voiceai.sim.phone import PhoneCall
+from voiceai.sim.phone import TAKE_TIMEOUT_S, PhoneCall
 from voiceai.sim.simulate import wait_ready
 
 SELF = Path(__file__).resolve()  # run again as the text-flooding process
@@ -362,7 +362,8 @@ async def caller(
             assert channel is not None
             line = Line(channel, np.zeros(RATE // 10, dtype=np.int16))  # never started
             try:
-                await call.wait_event(events.CALL_STARTED, limit_s=10)
+                # Past the dialplan's deadline, so a call never taken shows its transfer.
+                await call.wait_event(events.CALL_STARTED, limit_s=TAKE_TIMEOUT_S + 2)
                 await asyncio.sleep(LEAD_S)
                 while time.monotonic() < until:
                     result.turns.append(await ask(svc, call, line, rng.choice(clips)))
@@ -683,7 +684,10 @@ def notes(result: RunResult) -> list[str]:
         out.append(f"{n} forks {how}")
     not_taken = sum(c.not_taken for c in result.calls)
     if not_taken:
-        out.append(f"{not_taken} calls not taken within 10 s (transferred to voiceai_unavailable)")
+        out.append(
+            f"{not_taken} calls not taken within {TAKE_TIMEOUT_S:.0f} s: the dialplan transferred "
+            "them to voiceai_unavailable"
+        )
     if result.left_active:
         out.append(f"{result.left_active} calls still active 30 s after the run")
     stages = stage_p50s(result)
