@@ -29,8 +29,7 @@ RUN pip install --no-cache-dir --no-deps . \
 # --- runtime ---------------------------------------------------------------------------------
 FROM python:3.11-slim
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-# espeak-ng: the last TTS fallback and the voice of the apology FreeSWITCH plays when the service
-# is down; libgomp1: OpenMP for the compiled inference libraries.
+# espeak-ng: the last TTS fallback; libgomp1: OpenMP for the compiled inference libraries.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends espeak-ng libgomp1 \
@@ -42,13 +41,11 @@ ENV PATH=/opt/venv/bin:$PATH \
     VOICEAI_MEDIA_DIR=/var/lib/voiceai/media \
     VOICEAI_DATABASE_URL=sqlite:////var/lib/voiceai/db/voiceai.db
 # The media folder is shared with FreeSWITCH (same path in both containers). A named volume
-# mounted on it starts as a copy of it: owned by voiceai, with the apology FreeSWITCH plays when
-# the service does not take a call (freeswitch/conf/dialplan/voiceai_public.xml).
+# mounted on it starts as a copy of it: owned by voiceai. No apology goes in it: FreeSWITCH plays
+# the one in its own overlay (freeswitch/conf/voiceai), and one in this folder would replace it.
 RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/voiceai \
         --shell /usr/sbin/nologin voiceai \
     && mkdir -p /var/lib/voiceai/media /var/lib/voiceai/db /var/lib/voiceai/models \
-    && espeak-ng -v en-us -s 150 -w /var/lib/voiceai/media/voiceai-unavailable.wav \
-        "We're sorry, our assistant can't take your call right now." \
     && chown -R voiceai:voiceai /var/lib/voiceai
 USER 10001:10001
 WORKDIR /var/lib/voiceai

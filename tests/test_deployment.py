@@ -8,19 +8,25 @@ fails the test: it is part of the test extra.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
 import json
 import os
 import re
 import shutil
 import subprocess
+import wave
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
+from voiceai.audio.pcm import resample, to_float
 from voiceai.deploy import freeswitch_config
 from voiceai.deploy.freeswitch_config import check_environment, check_freeswitch, read_env_file
+from voiceai.engines.stt import WhisperSTT
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "freeswitch" / "conf"
@@ -28,7 +34,12 @@ PUBLIC = "dialplan/voiceai_public.xml"
 OUTBOUND = "dialplan/voiceai_outbound.xml"
 PROFILE = "sip_profiles/voiceai.xml"
 ESL = "autoload_configs/event_socket.conf.xml"
+OPUS = "autoload_configs/opus.conf.xml"
 VARS = "voiceai_vars.xml"
+# The apology shipped in the overlay, and the one in the media dir that replaces it.
+SHIPPED_APOLOGY = "$${conf_dir}/voiceai/voiceai-unavailable.wav"
+APOLOGY_OVERRIDE = "$${voiceai_media_dir}/voiceai-unavailable.wav"
+TONES = "tone_stream://%(274,0,913.8);%(274,0,1370.6);%(380,0,1776.7)"
 FILLED = {
     "RC_USERNAME": "14155550100",
     "RC_AUTH_ID": "802512345678",
@@ -177,6 +188,30 @@ DEFECTS = {
         "66.81.240.0/33,",
         "'66.81.240.0/33' is no CIDR",
     ),
+    "apology the overlay does not ship": (
+        PUBLIC,
+        "$${conf_dir}/voiceai/voiceai-unavailable.wav",
+        "$${conf_dir}/voiceai/voiceai-unavailible.wav",
+        "names $${conf_dir}/voiceai/voiceai-unavailible.wav, which is not in",
+    ),
+    "mod_opus without opus.conf": (
+        OPUS,
+        'name="opus.conf"',
+        'name="opus.conff"',
+        "loads mod_opus, but no file configures opus.conf",
+    ),
+    "recordings pre-buffered 0.5 s": (
+        VARS,
+        'data="RECORD_PRE_BUFFER_FRAMES=1"',
+        'data="RECORD_PRE_BUFFER_FRAMES=25"',
+        "RECORD_PRE_BUFFER_FRAMES=25; set it to 1..5",
+    ),
+    "recordings pre-buffer unset": (
+        VARS,
+        '  <X-PRE-PROCESS cmd="set" data="RECORD_PRE_BUFFER_FRAMES=1"/>\n',
+        "",
+        "RECORD_PRE_BUFFER_FRAMES=unset (25)",
+    ),
 }
 
 
@@ -188,6 +223,26 @@ def test_each_defect_is_caught(tmp_path: Path, defect: str) -> None:
     assert matching, f"{defect} not caught; problems: {problems}"
     # Each problem names the file it is in (the ACL's cidr list lives in the vars file).
     assert all(p.split(":", 1)[0].endswith(".xml") for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    ("channels", "width", "rate", "expected"),
+    [(2, 2, 8000, "16-bit mono"), (1, 1, 8000, "16-bit mono"), (1, 2, 8000, "holds no audio")],
+)
+def test_a_shipped_sound_freeswitch_cannot_play_is_caught(
+    tmp_path: Path, channels: int, width: int, rate: int, expected: str
+) -> None:
+    copy = tmp_path / "conf"
+    shutil.copytree(CONF, copy)
+    with wave.open(str(copy / "voiceai" / "voiceai-unavailable.wav"), "wb") as sound:
+        sound.setnchannels(channels)
+        sound.setsampwidth(width)
+        sound.setframerate(rate)
+        sound.writeframes(b"" if expected == "holds no audio" else bytes(channels * width * 800))
+    problems = check_freeswitch(copy)
+    assert any(expected in p and "voiceai-unavailable.wav" in p for p in problems), problems
+    (copy / "voiceai" / "voiceai-unavailable.wav").write_bytes(b"not a wav")
+    assert any("is not a PCM WAV file" in p for p in check_freeswitch(copy))
 
 
 def test_problems_name_the_file(tmp_path: Path) -> None:
@@ -237,28 +292,87 @@ def test_inbound_call_is_answered_forked_then_parked_with_a_deadline() -> None:
     assert ("set", "MOD_AUDIO_BASIC_AUTH_PASSWORD=$${voiceai_fork_password}") in actions
 
 
-def test_a_call_nobody_takes_hears_an_apology_then_the_fallback() -> None:
+def _apology_heard(existing: set[str]) -> list[str]:
+    """What voiceai_unavailable plays when only the files in `existing` are there: its
+    conditions taken in order as FreeSWITCH's XML dialplan does (break defaults to on-false)."""
+    root = ET.parse(CONF / PUBLIC).getroot()
+    extension = root.find(".//extension[@name='voiceai_unavailable']")
+    assert extension is not None
+    channel = {"destination_number": "voiceai_unavailable", "${voiceai_stage}": "waiting"}
+    played: list[str] = []
+    for condition in extension.findall("condition"):
+        field = str(condition.get("field"))
+        asked = re.fullmatch(r"\$\{file_exists\((.*)\)\}", field)
+        value = ("true" if asked.group(1) in existing else "false") if asked else channel[field]
+        passed = re.search(str(condition.get("expression")), value) is not None
+        for action in condition.findall("action" if passed else "anti-action"):
+            app, data = str(action.get("application")), str(action.get("data", ""))
+            if app == "set":
+                name, _, data = data.partition("=")
+                channel["${" + name + "}"] = data
+            elif app == "playback":
+                played.append(re.sub(r"(?<!\$)\$\{\w+\}", lambda m: channel[m.group(0)], data))
+        stop = {"on-false": not passed, "on-true": passed, "always": True, "never": False}
+        if stop[condition.get("break", "on-false")]:
+            break
+    return played
+
+
+def test_a_call_nobody_takes_hears_one_apology_the_override_first_then_the_fallback() -> None:
+    # One sound each time, never two in a row (file_string:// plays every file it lists).
+    assert _apology_heard({SHIPPED_APOLOGY, APOLOGY_OVERRIDE}) == [APOLOGY_OVERRIDE]
+    assert _apology_heard({APOLOGY_OVERRIDE}) == [APOLOGY_OVERRIDE]
+    assert _apology_heard({SHIPPED_APOLOGY}) == [SHIPPED_APOLOGY]  # the service never ran
+    assert _apology_heard(set()) == [TONES]  # only the dialplan was copied
     inbound = dict(_dialplan_actions(PUBLIC, "voiceai_inbound"))
     assert inbound["sched_transfer"] == (
         "+$${fs_take_timeout} voiceai_unavailable XML voiceai_public"
     )
     unavailable = _dialplan_actions(PUBLIC, "voiceai_unavailable")
     apps = [app for app, _ in unavailable]
-    assert apps.index("playback") < apps.index("transfer")
-    playback = dict(unavailable)["playback"]
-    assert "voiceai-unavailable.wav!tone_stream://" in playback  # a tone if the file is missing
+    assert apps.index("playback") < apps.index("transfer") == len(apps) - 1
     fallback = _dialplan_actions(PUBLIC, "voiceai_fallback")
     assert ("bridge", "sofia/gateway/ringcentral/$1") in fallback
     assert ("hangup", "NORMAL_CLEARING") in fallback  # no fallback number: hang up
 
 
-def test_the_service_image_ships_the_apology_the_dialplan_plays() -> None:
-    dockerfile = (ROOT / "Dockerfile").read_text()
-    assert "/var/lib/voiceai/media/voiceai-unavailable.wav" in dockerfile
+def test_the_shipped_apology_is_a_short_8khz_mono_wav_that_apologises(stt: WhisperSTT) -> None:
+    path = CONF / "voiceai" / "voiceai-unavailable.wav"
+    with wave.open(str(path), "rb") as sound:
+        assert (sound.getnchannels(), sound.getsampwidth(), sound.getframerate()) == (1, 2, 8000)
+        assert sound.getcomptype() == "NONE"
+        samples = np.frombuffer(sound.readframes(sound.getnframes()), dtype="<i2")
+    assert 2.0 <= samples.size / 8000 <= 6.0
+    assert path.stat().st_size <= 44 + 2 * samples.size + 64  # nothing but the sound
+    assert path.stat().st_size < 100_000  # committed to git
+    assert np.abs(samples).max() > 3000  # speech, not near-silence
+    heard = asyncio.run(stt.transcribe(to_float(resample(samples, 8000, 16000)), "en"))
+    assert heard is not None and "sorry" in heard.text.lower(), heard
+
+
+def test_the_service_image_does_not_shadow_the_shipped_apology() -> None:
+    # A voiceai-unavailable.wav in the media volume replaces the shipped one: leave it unset.
+    assert "voiceai-unavailable.wav" not in (ROOT / "Dockerfile").read_text()
     defaults = dict(
         re.findall(r'cmd="set" data="(voiceai_media_dir)=([^"]*)"', (CONF / VARS).read_text())
     )
     assert defaults["voiceai_media_dir"] == "/var/lib/voiceai/media"
+
+
+def test_opus_has_its_configuration() -> None:
+    opus = ET.parse(CONF / OPUS).getroot()
+    assert (opus.tag, opus.get("name")) == ("configuration", "opus.conf")
+    settings = opus.find("settings")
+    assert settings is not None
+    known = {  # the params mod_opus 1.10 reads (opus_load_config)
+        "use-vbr", "use-dtx", "complexity", "packet-loss-percent", "asymmetric-sample-rates",
+        "bitrate-negotiation", "use-jb-lookahead", "keep-fec-enabled", "advertise-useinbandfec",
+        "adjust-bitrate", "maxaveragebitrate", "maxplaybackrate", "sprop-maxcapturerate",
+    }  # fmt: skip
+    assert {str(p.get("name")) for p in settings.findall("param")} <= known
+    modules = ET.parse(CONF / "autoload_configs" / "modules.conf.xml").getroot()
+    assert "mod_opus" in {m.get("module") for m in modules.iter("load")}
+    assert 'data="autoload_configs/*.xml"' in (CONF / "freeswitch.xml").read_text()
 
 
 # --- the environment -----------------------------------------------------------------------
@@ -416,6 +530,35 @@ def test_compose_config_is_valid(tmp_path: Path) -> None:
     assert {m["source"] for m in service["volumes"]} == {"media", "db", "models"}
     assert service["environment"]["VOICEAI_MEDIA_DIR"] == "/var/lib/voiceai/media"
     assert {"media", "db", "models", "ollama"} <= set(config["volumes"])
+
+
+def _mount_of(mounts: list[dict[str, Any]], path: str) -> tuple[dict[str, Any], str]:
+    """The mount that holds `path` in the container, and the rest of the path inside it."""
+    for mount in sorted(mounts, key=lambda m: -len(m["target"])):
+        if path.startswith(mount["target"].rstrip("/") + "/"):
+            return mount, path[len(mount["target"].rstrip("/")) + 1 :]
+    pytest.fail(f"{path} is in no volume of the freeswitch container")
+
+
+def test_compose_mounts_the_apologies_where_the_dialplan_looks(tmp_path: Path) -> None:
+    done = compose(make_env_file(tmp_path, FILLED), "config", "--format", "json")
+    assert done.returncode == 0, done.stderr
+    services = json.loads(done.stdout)["services"]
+    freeswitch = services["freeswitch"]
+    conf_dir = next(m["target"] for m in freeswitch["volumes"] if m["source"] == str(CONF))
+    media_dir = freeswitch["environment"]["VOICEAI_MEDIA_DIR"]
+    looked_up = re.findall(r"\$\{file_exists\(([^)]*)\)\}", (CONF / PUBLIC).read_text())
+    assert looked_up == [SHIPPED_APOLOGY, APOLOGY_OVERRIDE]
+    shipped = SHIPPED_APOLOGY.replace("$${conf_dir}", conf_dir)
+    mount, inside = _mount_of(freeswitch["volumes"], shipped)
+    assert mount["type"] == "bind" and (Path(mount["source"]) / inside).is_file()
+    override = APOLOGY_OVERRIDE.replace("$${voiceai_media_dir}", media_dir)
+    mount, inside = _mount_of(freeswitch["volumes"], override)
+    # The media volume, at the same path in the service's container.
+    assert mount["type"] == "volume" and inside == "voiceai-unavailable.wav"
+    assert {"source": mount["source"], "target": mount["target"]} in [
+        {"source": m["source"], "target": m["target"]} for m in services["service"]["volumes"]
+    ]
 
 
 def test_compose_refuses_to_start_without_a_secret(tmp_path: Path) -> None:

@@ -3,7 +3,9 @@
 No FreeSWITCH runs where this project is built, so these checks stand in for its start-up: every
 file parses as XML and survives FreeSWITCH's line-based preprocessor, the RingCentral gateway
 has what registration needs, the fork command carries what mod_audio_fork requires, every
-gateway, context and ACL a file names exists, and no password is left in a file.
+gateway, context and ACL a file names exists, every file under conf_dir a file names is in the
+overlay (sounds as 16-bit mono PCM WAV), every loaded module that reads a configuration has it,
+and no password is left in a file.
 `voiceai check-freeswitch DIR [--env-file .env]` runs them; so does `python -m` on this module.
 """
 
@@ -14,6 +16,7 @@ import ipaddress
 import json
 import re
 import sys
+import wave
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -86,6 +89,17 @@ FORK_MIXES = frozenset({"mono", "mixed", "stereo"})
 MAX_METADATA = 8192  # mod_audio_fork ignores longer metadata
 MAX_CIDRS = 32  # FreeSWITCH reads at most 32 entries of a comma-separated cidr list
 DEFAULT_PASSWORD = "cluecon"
+# Modules of modules.conf that log "Opening of <name> failed" at start without their configuration.
+MODULE_CONFIGS = {
+    "mod_console": "console.conf",
+    "mod_logfile": "logfile.conf",
+    "mod_event_socket": "event_socket.conf",
+    "mod_sofia": "sofia.conf",
+    "mod_opus": "opus.conf",
+}
+# record_session (uuid_record) holds back this many 20 ms frames before it writes any,
+# 25 when unset: the caller can then be heard up to 0.5 s late against the bot.
+MAX_RECORD_PRE_BUFFER_FRAMES = 5
 # Channel variables whose value the caller (or the far end) chooses.
 CALLER_CONTROLLED = re.compile(
     r"\$\{(caller_id_name|caller_id_number|effective_caller_id_name|effective_caller_id_number"
@@ -104,6 +118,7 @@ _PREPROCESS_CMDS = frozenset({"set", "env-set", "exec-set", "stun-set", "include
 _ENV_SET = re.compile(r"^([A-Za-z0-9_.-]+)=\$([A-Za-z_][A-Za-z0-9_]*)$")
 _SET = re.compile(r"^\s*([A-Za-z0-9_.-]+?)\s*=\s*(.*?)\s*$")
 _GATEWAY_REF = re.compile(r"sofia/gateway/([^/\s]+)/")
+_CONF_FILE_REF = re.compile(r"\$\$\{conf_dir\}/([^\s\"'<>()!;,]+)")
 
 
 @dataclass
@@ -174,7 +189,7 @@ def check_freeswitch(directory: Path) -> list[str]:
 
     variables = _collect_vars(files)
     problems += _undefined_vars(files, variables)
-    problems += _exec_scripts(directory, files)
+    problems += _conf_files(directory, files)
     names = _Names(
         gateways=_check_gateways(files, variables, problems),
         acls=_check_acls(files, variables, problems) | BUILTIN_ACLS,
@@ -188,6 +203,9 @@ def check_freeswitch(directory: Path) -> list[str]:
     _check_event_socket(files, variables, names, problems)
     _check_passwords(files, variables, problems)
     _check_dialplan(files, variables, names, problems)
+    problems += _module_configs(files)
+    if names.contexts and names.complete:
+        problems += _record_pre_buffer(files, variables)
     return list(dict.fromkeys(problems))
 
 
@@ -258,15 +276,29 @@ def _undefined_vars(files: Sequence[_File], variables: _Vars) -> Iterator[str]:
                     yield f"{f.name}:{number}: $${{{match.group(1)}}} is never set"
 
 
-def _exec_scripts(directory: Path, files: Sequence[_File]) -> Iterator[str]:
-    """An exec-set command that runs a script of the overlay needs that script."""
+def _conf_files(directory: Path, files: Sequence[_File]) -> Iterator[str]:
+    """A file named as $${conf_dir}/... (a script exec-set runs, a sound the dialplan plays)
+    must be in the overlay, for it is what FreeSWITCH's conf_dir is."""
     conf = next((p.parent for p in sorted(directory.rglob("freeswitch.xml"))), directory)
-    for f, cmd, data in _preprocess_commands(files):
-        if cmd != "exec-set":
-            continue
-        for match in re.finditer(r"\$\$\{conf_dir\}/(\S+)", data):
-            if not (conf / match.group(1)).is_file():
-                yield f"{f.name}: exec-set runs {match.group(1)}, which is not in {conf}"
+    for f in files:
+        for name in dict.fromkeys(_CONF_FILE_REF.findall(f.text)):
+            path = conf / name
+            if not path.is_file():
+                yield f"{f.name}: names $${{conf_dir}}/{name}, which is not in {conf}"
+            elif path.suffix.lower() == ".wav" and (problem := _wav_problem(path)):
+                yield f"{f.name}: $${{conf_dir}}/{name} {problem}"
+
+
+def _wav_problem(path: Path) -> str | None:
+    """What stops FreeSWITCH playing `path` as a telephone prompt, if anything."""
+    try:
+        with wave.open(str(path), "rb") as sound:
+            channels, width, frames = sound.getnchannels(), sound.getsampwidth(), sound.getnframes()
+    except (OSError, EOFError, wave.Error) as exc:
+        return f"is not a PCM WAV file ({exc})"
+    if channels != 1 or width != 2:
+        return f"must be 16-bit mono, not {8 * width}-bit with {channels} channels"
+    return None if frames else "holds no audio"
 
 
 # --- gateways, profiles, ACLs, event socket ------------------------------------------------
@@ -419,6 +451,35 @@ def _check_passwords(files: Sequence[_File], variables: _Vars, problems: list[st
         match = _SET.match(data)
         if cmd == "set" and match and match.group(1) in password_vars and match.group(2):
             problems.append(f"{_f.name}: $${{{match.group(1)}}} has a committed default password")
+
+
+def _module_configs(files: Sequence[_File]) -> Iterator[str]:
+    roots = [f.root for f in files if f.root is not None]
+    configured = {str(c.get("name")) for root in roots for c in root.iter("configuration")}
+    for f, conf in _configurations(files, "modules.conf"):
+        for load in conf.iter("load"):
+            needed = MODULE_CONFIGS.get(str(load.get("module", "")))
+            if needed and needed not in configured:
+                yield (
+                    f"{f.name}: loads {load.get('module')}, but no file configures {needed} "
+                    f"(FreeSWITCH logs 'Opening of {needed} failed')"
+                )
+
+
+def _record_pre_buffer(files: Sequence[_File], variables: _Vars) -> Iterator[str]:
+    """The service records calls with uuid_record; a global variable reaches every channel."""
+    value = variables.defaults.get("RECORD_PRE_BUFFER_FRAMES")
+    frames = _int(value) if value is not None else None
+    if frames is not None and 1 <= frames <= MAX_RECORD_PRE_BUFFER_FRAMES:
+        return
+    where = [f.name for f, cmd, data in _preprocess_commands(files) if "RECORD_PRE_BUFFER" in data]
+    where = where or [f.name for f in files if f.root is not None and _has(f.root, "context")]
+    shown = value if value is not None else "unset (25)"
+    yield (
+        f"{', '.join(dict.fromkeys(where))}: RECORD_PRE_BUFFER_FRAMES={shown}; set it to "
+        f"1..{MAX_RECORD_PRE_BUFFER_FRAMES} globally, or call recordings can hear the caller up "
+        "to 0.5 s late against the bot"
+    )
 
 
 # --- the dialplan --------------------------------------------------------------------------
