@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 
@@ -9,8 +10,9 @@ from fastapi import APIRouter, WebSocket
 from starlette.responses import PlainTextResponse
 
 from voiceai import events
-from voiceai.api.deps import services
+from voiceai.api.deps import Services, services
 from voiceai.conversation.session import CallInfo, CallSession, Engines
+from voiceai.telephony import commands
 from voiceai.telephony.fork import (
     CALL_ID,
     CLOSE_ERROR,
@@ -55,9 +57,13 @@ async def fork(ws: WebSocket, call_id: str) -> None:
         over = refused.startswith("over capacity")
         log.warning("fork %s refused: %s", call_id, refused)
         svc.metrics.calls_refused.labels("capacity" if over else "duplicate").inc()
-        # Over capacity: 1013 "try again later"; FreeSWITCH's safety net (sched_transfer)
-        # then apologises and transfers the caller, as when the service is down.
+        # Over capacity: 1013 "try again later", and the caller goes to the dialplan's apology
+        # and fallback at once (its sched_transfer would do it only after FS_TAKE_TIMEOUT).
         await _close(ws, CLOSE_TRY_LATER if over else CLOSE_POLICY, refused)
+        if over:
+            task = asyncio.create_task(_to_safety_net(svc, call_id))
+            svc.background.add(task)
+            task.add_done_callback(svc.background.discard)
         return
 
     call: CallSession | None = None
@@ -130,6 +136,20 @@ async def fork(ws: WebSocket, call_id: str) -> None:
                 log.info("call %s ended: %s", call_id, reason)
         finally:
             svc.calls.remove(call_id)  # the place this fork held since it was admitted
+
+
+async def _to_safety_net(svc: Services, call_id: str) -> None:
+    if svc.esl is None or not svc.esl.connected:
+        return  # the dialplan's own take timeout sends the caller there
+    try:
+        await commands.to_safety_net(svc.esl, call_id)
+        log.info("call %s: over capacity, sent to the dialplan's apology and fallback", call_id)
+    except Exception as exc:
+        log.warning(
+            "call %s: could not send it to the apology now (%s); its take timeout will",
+            call_id,
+            exc,
+        )
 
 
 def engine_names(engines: Engines) -> dict[str, str]:

@@ -139,6 +139,18 @@ async def cancel_scheduled(esl: EslClient, uuid: str, *, timeout_s: float = 5.0)
     _ok("sched_del", await esl.api(f"sched_del {check_uuid(uuid)}", timeout_s=timeout_s))
 
 
+# The dialplan's apology and fallback (freeswitch/conf/dialplan/voiceai_public.xml).
+SAFETY_NET: Final = "voiceai_unavailable XML voiceai_public"
+
+
+async def to_safety_net(esl: EslClient, uuid: str, *, timeout_s: float = 5.0) -> None:
+    """Hand a call the service will not take to the dialplan's apology and fallback now, so
+    the caller does not wait out the take timeout in silence."""
+    _ok("transfer", await esl.api(f"uuid_transfer {check_uuid(uuid)} {SAFETY_NET}", timeout_s))
+    # Then drop the scheduled one, which would otherwise transfer the call again mid-fallback.
+    await cancel_scheduled(esl, uuid, timeout_s=timeout_s)
+
+
 async def hangup(
     esl: EslClient, uuid: str, cause: str = "NORMAL_CLEARING", *, timeout_s: float = 5.0
 ) -> None:
