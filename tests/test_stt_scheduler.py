@@ -188,3 +188,26 @@ def test_a_caller_who_hangs_up_takes_their_waiting_work_out_of_the_queue() -> No
         await scheduler.aclose()
 
     on_fake_clock(scenario)
+
+
+def test_an_early_transcription_promoted_to_final_overtakes_other_calls_early_ones() -> None:
+    async def scenario() -> None:
+        stt = TimedSTT()
+        scheduler = TranscriptionScheduler(stt, workers=1)
+        busy = asyncio.create_task(scheduler.transcribe(audio("first"), "en", call_id="a"))
+        await asyncio.sleep(0.1)
+        pauses = [
+            asyncio.create_task(
+                scheduler.transcribe(audio(f"early-{c}"), "en", call_id=c, priority=Priority.EARLY)
+            )
+            for c in "bcd"
+        ]
+        await asyncio.sleep(0.1)
+        scheduler.promote("d")  # d's turn ended: its early transcript is the final one
+        assert scheduler.waiting(Priority.FINAL) == 1
+        await asyncio.gather(busy, *pauses)
+        assert stt.ran == ["first", "early-d", "early-b", "early-c"]
+        assert scheduler.waiting() == 0
+        await scheduler.aclose()
+
+    on_fake_clock(scenario)

@@ -81,6 +81,7 @@ class Listener:
         self._complete_threshold = complete_threshold
         self._judging: asyncio.Task[None] | None = None
         self._detector = TurnDetector(rate, VAD_FRAME_MS, turn, speech, judged=True)
+        self._end_of_turn_ms = turn.end_of_turn_ms
         self._chunker = FrameChunker(self._detector.frame_bytes * channels)
         self._turns: asyncio.Queue[_Queued | None] = asyncio.Queue()
         self._early: tuple[SpeechPaused, asyncio.Task[Transcript | None]] | None = None
@@ -100,6 +101,10 @@ class Listener:
                     self._detector.turn_voiced_ms, self._detector.position_ms
                 )
             self._maybe_partial()
+        if self._early is not None and self._detector.trailing_silence_ms >= self._end_of_turn_ms:
+            # Silent that long, the caller has most likely finished: the pause's transcript is
+            # the turn's, and waits no longer behind other calls' early ones.
+            self._stt_engine.promote(self.call_id)
 
     def _on_turn_event(self, event: SpeechStarted | SpeechPaused | TurnEnded) -> None:
         if isinstance(event, SpeechStarted):
@@ -108,6 +113,12 @@ class Listener:
             self._bus.publish(events.SpeechStarted(call_id=self.call_id, at_ms=event.at_ms))
             self._host.on_speech_started(event.at_ms)
         elif isinstance(event, SpeechPaused):
+            if self._stt_engine.saturated:
+                # Overloaded: one transcription a turn, when the silence rule ends it; the
+                # workers go to turns that are over rather than to pauses that may not be.
+                self._drop_early()  # an earlier pause's, stale now that the caller spoke on
+                self._detector.decide(event, Verdict.UNSURE)
+                return
             early = self._transcribe_early(event)
             self._judging = asyncio.create_task(self._judge(event, early))
         else:
@@ -194,6 +205,7 @@ class Listener:
         paused, task = self._early
         self._early = None
         if (paused.start_ms, paused.end_ms) == (turn.start_ms, turn.end_ms):
+            self._stt_engine.promote(self.call_id)  # it is the final transcript now
             return task  # no speech since the pause: the audio is the same
         task.cancel()
         return None

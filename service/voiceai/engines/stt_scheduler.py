@@ -7,7 +7,8 @@ Every call's transcriptions go through one TranscriptionScheduler in front of th
 - no partial runs while a final or early transcription waits, and a partial that is no longer
   wanted when its turn comes (its turn ended, a newer one replaced it) is dropped unrun;
 - the timeout counts the transcription itself, never the wait in the queue: a final does not
-  fail because other calls were busy.
+  fail because other calls were busy;
+- when saturated, callers stop asking for early transcriptions (listener.py): one a turn.
 """
 
 from __future__ import annotations
@@ -76,6 +77,12 @@ class TranscriptionScheduler:
         levels = [priority] if priority is not None else list(Priority)
         return sum(len(jobs) for p in levels for jobs in self._queues[p].values())
 
+    @property
+    def saturated(self) -> bool:
+        """Every worker has a turn's transcription waiting for it: judging pauses early would
+        only add work that delays the turns already over."""
+        return self.waiting(Priority.FINAL) + self.waiting(Priority.EARLY) >= self.workers
+
     def start(self) -> None:
         if not self._runners:
             self._runners = [
@@ -125,6 +132,17 @@ class TranscriptionScheduler:
             return await job.future
         finally:
             self._remove(job)  # if the caller gave up waiting, it no longer holds a place
+
+    def promote(self, call_id: str) -> None:
+        """The call's early transcription became its turn's final one (the turn ended, or the
+        pause outlasted the silence rule): it moves to the final queue, ahead of other early
+        ones. One that is already running needs nothing."""
+        jobs = self._queues[Priority.EARLY].pop(call_id, None)
+        if not jobs:
+            return
+        for job in jobs:
+            job.priority = Priority.FINAL
+        self._queues[Priority.FINAL].setdefault(call_id, deque()).extend(jobs)
 
     def _drop(self, job: _Job) -> None:
         self.dropped_partials += 1

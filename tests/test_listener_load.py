@@ -1,0 +1,109 @@
+"""A listener under load: when every STT worker already has a finished turn waiting, a pause is
+left to the silence rule instead of being transcribed early, so a turn costs one transcription.
+
+Real human speech (with its natural pauses) through the real webrtcvad; the STT engine is a
+fake whose other-call work is held until the test releases it."""
+
+from __future__ import annotations
+
+import asyncio
+import wave
+from pathlib import Path
+
+import numpy as np
+
+from voiceai.audio.turns import TurnConfig, TurnEnded
+from voiceai.conversation.listener import Listener
+from voiceai.conversation.timing import TurnTiming
+from voiceai.engines.stt import Transcript
+from voiceai.engines.stt_scheduler import Priority, TranscriptionScheduler
+from voiceai.events import EventBus
+
+CLIP = Path("/work/shared/speech/real/wav/en_timit_ldc93s1.wav")  # 16 kHz, with pauses
+
+
+class HeldSTT:
+    """Other calls' work ("blocker") waits for `release`; the caller's audio is transcribed."""
+
+    multilingual = False
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.caller_runs = 0
+
+    async def transcribe(self, audio: np.ndarray, language: str | None) -> Transcript | None:
+        if audio.dtype.metadata and audio.dtype.metadata.get("label") == "blocker":
+            await self.release.wait()
+            return None
+        self.caller_runs += 1
+        return Transcript("She had your dark suit in greasy wash water all year.", "en", 3.0, 1)
+
+    async def aclose(self) -> None:
+        pass
+
+
+class Host:
+    def __init__(self) -> None:
+        self.turns: list[str] = []
+        self.heard = asyncio.Event()
+
+    def on_speech_started(self, at_ms: int) -> None:
+        pass
+
+    def on_caller_voiced(self, voiced_ms: int, at_ms: int) -> None:
+        pass
+
+    def on_turn(self, turn: TurnEnded, transcript: Transcript, timing: TurnTiming) -> None:
+        self.turns.append(transcript.text)
+        self.heard.set()
+
+
+def caller_audio() -> bytes:
+    with wave.open(str(CLIP)) as clip:
+        assert clip.getframerate() == 16000
+        speech = clip.readframes(clip.getnframes())
+    return speech + bytes(2 * 16000 * 2)  # then 2 s of the line's silence
+
+
+def blocker() -> np.ndarray:
+    return np.zeros(160, dtype=np.dtype(np.float32, metadata={"label": "blocker"}))
+
+
+def test_a_saturated_scheduler_gets_one_transcription_a_turn_and_no_early_ones() -> None:
+    async def scenario() -> None:
+        stt = HeldSTT()
+        scheduler = TranscriptionScheduler(stt, workers=1)
+        others = [
+            asyncio.create_task(scheduler.transcribe(blocker(), "en", call_id=f"other-{i}"))
+            for i in range(2)
+        ]
+        await asyncio.sleep(0.01)  # one runs, one waits: the only worker has a final queued
+        assert scheduler.saturated
+        host = Host()
+        listener = Listener(
+            "caller",
+            rate=16000,
+            channels=1,
+            turn=TurnConfig(),
+            stt=scheduler,
+            bus=EventBus(),
+            host=host,
+            language=lambda: "en",
+            partials=False,
+        )
+        audio = caller_audio()
+        for at in range(0, len(audio), 640):  # 20 ms frames, as FreeSWITCH sends them
+            listener.feed(audio[at : at + 640])
+            await asyncio.sleep(0)
+            assert scheduler.waiting(Priority.EARLY) == 0  # no pause was transcribed early
+        assert scheduler.waiting(Priority.FINAL) == 2  # the other call's, and this turn's
+        stt.release.set()
+        async with asyncio.timeout(10):
+            await host.heard.wait()
+        assert host.turns == ["She had your dark suit in greasy wash water all year."]
+        assert stt.caller_runs == 1
+        await asyncio.gather(*others)
+        await listener.finish()
+        await scheduler.aclose()
+
+    asyncio.run(scenario())
