@@ -81,6 +81,7 @@ async def esl_client(
 ) -> AsyncIterator[EslClient]:
     """A started client; handlers are registered before start() so nothing is missed."""
     options.setdefault("reconnect_max_s", 0.5)
+    options.setdefault("heartbeat_s", 30.0)  # no `api status` in `server.commands` by surprise
     client = EslClient("127.0.0.1", port, password, events=EVENTS, custom=CUSTOM, **options)
     if inbox is not None:
         client.on_event(inbox.handler)

@@ -14,7 +14,13 @@ greenswitch defects guarded here (docs/design.md, "ESL"):
 - requests in flight are not failed when the connection drops: we fail them all at once;
 - no reconnect: we reconnect with exponential backoff, resubscribe and report the state;
 - `stop()` sends `exit` and waits forever after a failed auth: never called, we close the
-  socket ourselves; `_read_socket` spins forever on EOF inside a body: we read bodies ourselves.
+  socket ourselves; `_read_socket` spins forever on EOF inside a body: we read bodies ourselves;
+- its reader buffers a header line of any length and skips what it cannot parse, so one bad
+  Content-Length shifted every later reply onto the wrong request: we frame every message
+  ourselves (capped lines, header blocks and bodies), check that each reply is of the kind its
+  command gets, and drop the connection (then reconnect) at the first message out of step;
+- nothing notices a FreeSWITCH that stops answering with the socket open: `api status` every
+  `heartbeat_s`, and no (or a wrong) answer within `heartbeat_s` drops the connection.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ import gevent.event
 import gevent.lock
 import gevent.pool
 import gevent.socket
-from greenswitch.esl import ESLEvent, InboundESL
+from greenswitch.esl import InboundESL
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +53,8 @@ LOST: Final = "FreeSWITCH event socket connection lost"
 STOPPED: Final = "ESL client stopped"
 INITIAL_BACKOFF_S: Final = 0.25
 HUB_GRACE_S: Final = 2.0  # extra asyncio-side wait, in case the hub thread itself is stuck
-MAX_BODY: Final = 64 * 1024 * 1024  # larger Content-Length means the stream is garbage
+MAX_HEADER: Final = 64 * 1024  # one header block; FreeSWITCH's are a few hundred bytes
+MAX_BODY: Final = 16 * 1024 * 1024  # the largest real body (an event) is tens of kB
 
 EventHandler = Callable[["EslEvent"], Awaitable[None] | None]
 StateHandler = Callable[[str], Awaitable[None] | None]
@@ -55,6 +62,7 @@ StateHandler = Callable[[str], Awaitable[None] | None]
 _TOKEN = re.compile(r"[^\s]+")  # one space-free word (uuids, event names)
 _HEADER_NAME = re.compile(r"[A-Za-z0-9_-]+")
 _SUBCLASS = re.compile(r"[A-Za-z0-9_.:-]+")
+_JOB_HEADER = re.compile(r"\nJob-UUID: (\S+)")
 
 
 class EslError(Exception):
@@ -67,6 +75,10 @@ class EslNotConnected(EslError):
 
 class EslTimeout(EslError):
     """FreeSWITCH did not answer in time (the connection itself may still be fine)."""
+
+
+class _Desync(Exception):
+    """The bytes no longer line up with ESL's framing: only a new connection can fix that."""
 
 
 @dataclass(frozen=True)
@@ -118,12 +130,15 @@ class _Reply:
 
 
 class _Pending(gevent.event.AsyncResult):
-    """One request's slot in greenswitch's reply FIFO, with when it was sent."""
+    """One request's slot in greenswitch's reply FIFO: when it was sent, what must answer it."""
 
-    def __init__(self, label: str) -> None:
+    def __init__(self, line: str, label: str) -> None:
         super().__init__()
         self.label = label
         self.sent_at = time.monotonic()
+        self.expect = "api/response" if line.startswith("api ") else "command/reply"
+        job = _JOB_HEADER.search(line)
+        self.job = job.group(1) if job else None
 
 
 def one_line(value: str, what: str) -> str:
@@ -209,7 +224,7 @@ class _Connection(InboundESL):
         if not self.connected:
             raise EslNotConnected(LOST)
         deadline = time.monotonic() + timeout_s
-        pending = _Pending(label)
+        pending = _Pending(line, label)
         if not self._send_lock.acquire(timeout=timeout_s):
             raise EslTimeout(f"could not send `{label}` within {timeout_s:g} s")
         try:
@@ -249,6 +264,20 @@ class _Connection(InboundESL):
 
     def stop(self) -> None:  # greenswitch's stop() can hang forever: never use it
         self.drop(STOPPED)
+
+    def heartbeat(self, interval_s: float) -> None:
+        """`api status` every `interval_s`: no answer, or not status's, within it drops us."""
+        while not self.closed.wait(interval_s):
+            try:
+                reply = self.request("api status", interval_s, "api status (heartbeat)")
+            except EslTimeout:
+                self.drop(f"FreeSWITCH did not answer the heartbeat within {interval_s:g} s")
+                return
+            except EslNotConnected:
+                return
+            if not (reply.body or "").startswith("UP "):  # another command's reply: shifted
+                self.drop("the heartbeat got another command's reply: replies are out of step")
+                return
 
     def _check_stalled(self) -> None:
         # FreeSWITCH answers in order: if the oldest request is this old, nothing will come.
@@ -302,27 +331,73 @@ class _Connection(InboundESL):
                 with contextlib.suppress(Exception):
                     thing.close()
 
-    # reading (greenswitch's receive loop calls handle_event for every header block)
+    # reading: our own framing, not greenswitch's (see the module docstring)
 
     def receive_events(self) -> None:
+        # Replaces greenswitch's loop: its unbounded readline and lenient parse cannot be guarded.
         try:
-            super().receive_events()
-        except Exception as exc:  # a broken stream inside handle_event
+            while self._run:
+                message = self._read_message()
+                if message is None:
+                    break
+                self._handle(*message)
+        except _Desync as exc:
+            self._note_lost(f"the event socket is out of step: {exc}")
+        except Exception as exc:
             self._note_lost(f"event socket read failed: {exc}")
         finally:
             self._close_socket()
             self._finish()
 
-    def handle_event(self, event: ESLEvent) -> None:
-        headers = event.headers
-        kind = headers.get("Content-Type")
-        if kind is None:
-            return  # a stray blank line between messages
-        body = self._read_body(headers)
+    def _read_message(self) -> tuple[dict[str, str], str | None] | None:
+        """One message: a header block and its Content-Length body; None at EOF between two."""
+        headers = self._read_headers()
+        if headers is None:
+            return None
+        if "Content-Type" not in headers:
+            raise _Desync(f"a header block without Content-Type ({', '.join(headers)[:200]})")
+        return headers, self._read_body(headers)
+
+    def _read_headers(self) -> dict[str, str] | None:
+        headers: dict[str, str] = {}
+        size = 0
+        while True:
+            line = self.sock_file.readline(MAX_HEADER + 1 - size)  # never buffers past the cap
+            size += len(line)
+            if size > MAX_HEADER:
+                raise _Desync(f"a header block longer than {MAX_HEADER} bytes")
+            if not line.endswith(b"\n"):
+                if size == 0:
+                    return None
+                raise ConnectionError("connection closed in the middle of a message")
+            text = line.decode("utf-8", "replace").rstrip("\r\n")
+            if not text:
+                if headers:
+                    return headers
+                continue  # blank lines between messages
+            name, sep, value = text.partition(":")
+            if not sep or not _HEADER_NAME.fullmatch(name):
+                raise _Desync(f"a header line that does not parse ({len(text)} bytes)")
+            headers[name] = value.lstrip(" ")
+
+    def _read_body(self, headers: Mapping[str, str]) -> str | None:
+        raw = headers.get("Content-Length")
+        if raw is None:
+            return None
+        if not (raw.isascii() and raw.isdigit() and len(raw) < 10) or int(raw) > MAX_BODY:
+            raise _Desync(f"a bad Content-Length ({raw[:20]!r}, at most {MAX_BODY})")
+        length = int(raw)
+        data = self.sock_file.read(length) if length else b""
+        if len(data) < length:
+            raise ConnectionError("connection closed in the middle of a message")
+        return data.decode("utf-8", "replace")
+
+    def _handle(self, headers: dict[str, str], body: str | None) -> None:
+        kind = headers["Content-Type"]
         if kind == "auth/request":
             self._auth_request_event.set()
         elif kind in ("command/reply", "api/response"):
-            self._reply(_Reply(dict(headers), body))
+            self._reply(_Reply(headers, body))
         elif kind == "text/event-json":
             self._event_json(body or "")
         elif kind == "text/disconnect-notice":
@@ -330,7 +405,7 @@ class _Connection(InboundESL):
                 return
             self._note_lost("FreeSWITCH closed the event socket (disconnect-notice)")
             self.connected = False
-            self._run = False  # greenswitch's loop ends after this message
+            self._run = False  # the reader ends after this message
             self._fail_pending()
         elif kind == "text/rude-rejection":
             text = (body or "").strip() or "rude rejection"
@@ -341,33 +416,26 @@ class _Connection(InboundESL):
         else:
             log.debug("esl: ignoring a %s message", kind)
 
-    def _read_body(self, headers: Mapping[str, str]) -> str | None:
-        raw = headers.get("Content-Length")
-        if raw is None:
-            return None
-        length = int(raw)
-        if not 0 <= length <= MAX_BODY:
-            raise ValueError(f"bad Content-Length {length}")
-        data = self.sock_file.read(length) if length else b""
-        if len(data) < length:
-            raise ConnectionError("connection closed in the middle of a message")
-        return data.decode("utf-8", "replace")
-
     def _reply(self, reply: _Reply) -> None:
+        # FreeSWITCH answers in order, one reply per command: anything else is a shifted stream.
         if not self._commands_sent:
-            log.warning("esl: FreeSWITCH sent a reply nobody is waiting for; ignored")
-            return
+            raise _Desync(f"a {reply.content_type} that no command is waiting for")
+        slot = self._commands_sent[0]
+        if reply.content_type != slot.expect:
+            raise _Desync(f"`{slot.label}` got a {reply.content_type} (expected {slot.expect})")
+        job = reply.headers.get("Job-UUID")
+        if slot.job is not None and job is not None and job != slot.job:
+            raise _Desync(f"`{slot.label}` got the reply of another job")
         self._commands_sent.pop(0).set(reply)
 
     def _event_json(self, body: str) -> None:
         try:
             data = json.loads(body)
         except ValueError:
-            log.warning(
-                "esl: FreeSWITCH sent an event that is not JSON (%d bytes); dropped", len(body)
-            )
-            return
-        event = EslEvent.from_json(data) if isinstance(data, dict) else None
+            raise _Desync(f"an event that is not JSON ({len(body)} bytes)") from None
+        if not isinstance(data, dict):
+            raise _Desync("an event that is not a JSON object")
+        event = EslEvent.from_json(data)
         if event is not None:
             self._deliver(event)
 
@@ -399,8 +467,10 @@ class EslClient:
 
     `start()` never fails because FreeSWITCH is down: it connects in the background, retrying
     with exponential backoff up to `reconnect_max_s`. Requests fail at once with
-    EslNotConnected while it is down. Event and state handlers run on the event loop, one
-    item at a time in arrival order, so keep them short (hand work to per-call queues).
+    EslNotConnected while it is down. A connection whose replies fall out of step, or that
+    stops answering the `heartbeat_s` heartbeat, is dropped and made anew. Event and state
+    handlers run on the event loop, one item at a time in arrival order, so keep them short
+    (hand work to per-call queues).
     """
 
     def __init__(
@@ -414,10 +484,13 @@ class EslClient:
         reconnect_max_s: float = 10.0,
         connect_timeout_s: float = 5.0,
         stall_s: float = 30.0,
+        heartbeat_s: float = 5.0,
     ) -> None:
         one_line(password, "the event socket password")
-        if reconnect_max_s <= 0 or connect_timeout_s <= 0 or stall_s <= 0:
-            raise ValueError("reconnect_max_s, connect_timeout_s and stall_s must be positive")
+        if min(reconnect_max_s, connect_timeout_s, stall_s, heartbeat_s) <= 0:
+            raise ValueError(
+                "reconnect_max_s, connect_timeout_s, stall_s and heartbeat_s must be positive"
+            )
         self.host = host
         self.port = port
         self._password = password
@@ -426,6 +499,7 @@ class EslClient:
         self.reconnect_max_s = reconnect_max_s
         self.connect_timeout_s = connect_timeout_s
         self.stall_s = stall_s
+        self.heartbeat_s = heartbeat_s  # a silent FreeSWITCH is dropped within twice this
         self.state = "disconnected"  # connecting | connected | disconnected
         self.last_error: str | None = None
         self._event_handlers: list[EventHandler] = []
@@ -745,7 +819,9 @@ class EslClient:
                 self._logged_error = None
                 log.info("esl: connected to FreeSWITCH at %s:%s", self.host, self.port)
                 self._post(self._set_state, "connected", None)
+                beat = gevent.spawn(conn.heartbeat, self.heartbeat_s)
                 conn.closed.wait()
+                beat.kill(block=False)
                 self._conn = None
                 if self._stopping.is_set():
                     break

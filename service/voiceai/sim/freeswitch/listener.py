@@ -42,9 +42,10 @@ class Listener:
         # FreeSWITCH sends events between commands only: hold them while one runs.
         self.busy = False
         self.held: list[bytes] = []
+        self.muted = False  # fault injection: a hung switch reads commands, writes nothing
 
     def write(self, data: bytes) -> None:
-        if self.closed or self.writer.is_closing():
+        if self.closed or self.muted or self.writer.is_closing():
             return
         self.writer.write(data)
         if self.writer.transport.get_write_buffer_size() > MAX_BACKLOG:
@@ -55,16 +56,21 @@ class Listener:
         more = "".join(f"{k}: {v}\n" for k, v in (extra or {}).items())
         self.write(f"Content-Type: command/reply\nReply-Text: {text}\n{more}\n".encode())
 
-    def api_response(self, body: str) -> None:
+    def api_response(self, body: str, overstate: int = 0) -> None:
+        """`overstate` > 0 (fault injection): a Content-Length that many bytes over the body."""
         data = body.encode()
-        self.write(f"Content-Type: api/response\nContent-Length: {len(data)}\n\n".encode() + data)
+        length = len(data) + overstate
+        self.write(f"Content-Type: api/response\nContent-Length: {length}\n\n".encode() + data)
 
-    def deliver(self, event: Event, cache: dict[str, bytes]) -> None:
+    def deliver(self, event: Event, cache: dict[str, bytes], cut: int = 0) -> None:
+        """`cut` > 0 (fault injection): the frame's last `cut` bytes are never sent."""
         if not self.wants(event):
             return
         data = cache.get(self.format)
         if data is None:
             data = cache[self.format] = event.frame(self.format)
+        if cut:
+            data = data[:-cut]
         if self.busy:
             self.held.append(data)
         else:

@@ -57,6 +57,11 @@ GATEWAY_DIAL: Final = re.compile(r"^sofia/gateway/([^/]+)/(.+)$")
 DTMF_DIGITS: Final = frozenset("0123456789*#ABCD")
 BROADCAST_LEAD_FRAMES: Final = 5  # switch_ivr_broadcast's lead-frames: the measured ~0.1 s
 WAIT_SLICE: Final = 0.25  # longest single sleep, so a new `speed` takes effect soon
+# Fault injection, set in EslServer.faults: api command name -> long_reply | extra_reply | mute
+# | huge_header, event name -> truncated; each is used once, by the next command or event.
+FAULT_OVERSTATE: Final = 64  # long_reply: the Content-Length is this many bytes too large
+FAULT_CUT: Final = 32  # truncated: the event frame's last bytes that are never sent
+GARBAGE_CHUNK: Final = b"X" * 65536  # huge_header streams this, with no newline, back-pressured
 
 CommandHandler = Callable[[Listener, Packet], Awaitable[None]]
 
@@ -88,6 +93,9 @@ class EslServer:
         self.unreachable_cause = "NO_ANSWER"
         self.busy_numbers: set[str] = set()  # originate fails with USER_BUSY
         self.commands: list[str] = []  # every api/bgapi command line received
+        self.faults: dict[str, str] = {}  # fault injection (see FAULT_OVERSTATE): used once
+        self.huge_header_bytes = 200 * 1024 * 1024  # how long huge_header's line would be
+        self.garbage_sent: list[int] = []  # bytes each huge_header got out before it ended
         self.channels: dict[str, Channel] = {}  # every call, hung up ones too
         self.events: deque[Event] = deque(maxlen=10_000)  # recent events, for assertions
         self.api_handlers: dict[str, ApiHandler] = dict(BUILTIN_API)
@@ -252,9 +260,10 @@ class EslServer:
         event = Event(name, base, body, subclass)
         self.events.append(event)
         cache: dict[str, bytes] = {}
+        cut = FAULT_CUT if self.faults.pop(name, None) == "truncated" else 0
         for listener in list(self._listeners):
             try:
-                listener.deliver(event, cache)
+                listener.deliver(event, cache, cut)
             except Exception:  # one broken client must not stop the others
                 log.exception("esl: delivering an event failed")
                 listener.abort()
@@ -714,8 +723,30 @@ class EslServer:
     async def _cmd_api(self, listener: Listener, packet: Packet) -> None:
         line = packet.command[4:]
         self.commands.append(line)
+        fault = self.faults.pop(line.partition(" ")[0], None)
+        if fault == "huge_header":
+            await self._stream_garbage(listener)
+            return
+        listener.muted = listener.muted or fault == "mute"
         body = await self.api(line)
-        listener.api_response(body or "-ERR no reply\n")
+        if fault == "extra_reply":  # one reply too many: every later one answers the wrong command
+            listener.reply("+OK")
+        overstate = FAULT_OVERSTATE if fault == "long_reply" else 0
+        listener.api_response(body or "-ERR no reply\n", overstate)
+
+    async def _stream_garbage(self, listener: Listener) -> None:
+        """Fault injection: one endless header line, sent only as fast as the client reads it."""
+        sent = 0
+        try:
+            while sent < self.huge_header_bytes and not listener.writer.is_closing():
+                listener.writer.write(GARBAGE_CHUNK)
+                sent += len(GARBAGE_CHUNK)
+                await listener.writer.drain()
+        except (ConnectionError, OSError):
+            pass  # the client hung up on it: what we want
+        finally:
+            self.garbage_sent.append(sent)
+            listener.abort()
 
     async def _cmd_bgapi(self, listener: Listener, packet: Packet) -> None:
         line = packet.command[6:]
