@@ -11,11 +11,12 @@ import wave
 from pathlib import Path
 
 import httpx
+import pytest
 
-from tests.conftest import RunningService, words
+from tests.conftest import RunningService, free_port, words
 from tests.speech import KEYWORDS, Speech
 from voiceai.engines.stt import resolve_model
-from voiceai.logs import SecretScrubber
+from voiceai.logs import OneLineFormatter, SecretScrubber
 
 
 def voiceai(
@@ -72,8 +73,76 @@ def test_settings_come_from_a_dotenv_file(tmp_path: Path) -> None:
 
 def test_log_lines_have_configured_secrets_scrubbed() -> None:
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "auth %s failed", ("pw-123",), None)
-    SecretScrubber(["pw-123"]).filter(record)
-    assert record.getMessage() == "auth *** failed"
+    line = OneLineFormatter(SecretScrubber(["pw-123"]), "%(message)s").format(record)
+    assert line == "auth *** failed"
+
+
+def test_check_config_masks_the_password_inside_urls(tmp_path: Path) -> None:
+    env = {
+        "VOICEAI_DATABASE_URL": "postgresql+psycopg://voice:db-s3cret@db.example/voiceai",
+        "VOICEAI_OLLAMA_URL": "http://bob:llm-s3cret@127.0.0.1:11434",
+        "VOICEAI_SYSTEM_PROMPT": "Be brief.\nVOICEAI_PORT=1",
+    }
+    result = voiceai("check-config", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "VOICEAI_DATABASE_URL=postgresql+psycopg://voice:***@db.example/voiceai" in result.stdout
+    assert "VOICEAI_OLLAMA_URL=http://bob:***@127.0.0.1:11434" in result.stdout
+    assert "s3cret" not in result.stdout + result.stderr
+    # A multi-line value cannot pass for another setting.
+    assert "VOICEAI_SYSTEM_PROMPT=Be brief.\\nVOICEAI_PORT=1" in result.stdout
+    assert "VOICEAI_PORT=8080" in result.stdout.splitlines()
+
+
+def test_an_unparsable_database_url_is_refused_without_showing_it(tmp_path: Path) -> None:
+    url = "postgresql://voice:db-s3cret@db.example:port/voiceai"
+    result = voiceai("check-config", env={"VOICEAI_DATABASE_URL": url}, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "VOICEAI_DATABASE_URL" in result.stderr
+    assert "s3cret" not in result.stdout + result.stderr
+
+
+def _file_in_the_way(tmp_path: Path) -> Path:
+    # Root may write anywhere, but no one can make a folder beneath a file.
+    (tmp_path / "a-file").write_text("")
+    return tmp_path / "a-file"
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("VOICEAI_DATABASE_URL", "postgresql+psycopg://voice:db-s3cret@127.0.0.1:1/voiceai"),
+        ("VOICEAI_DATABASE_URL", "sqlite:///{file}/calls.db"),
+        ("VOICEAI_DATABASE_URL", "nosuchdb://voice:db-s3cret@host/voiceai"),
+        ("VOICEAI_MEDIA_DIR", "{file}/media"),
+        ("VOICEAI_STT_MODEL", "{tmp}/no-such-model"),
+        ("VOICEAI_STT_MODEL", "{tmp}"),
+        ("VOICEAI_STT_MODEL", "small"),
+        ("VOICEAI_ESL_PASSWORD", "s3cret-line-one\nline-two"),
+    ],
+    ids=[
+        "db-unreachable",
+        "db-folder",
+        "db-kind",
+        "media-unwritable",
+        "stt-missing",
+        "stt-no-model-bin",
+        "stt-not-downloaded",
+        "esl-multi-line",
+    ],
+)
+def test_a_bad_setting_stops_serve_with_one_line_naming_it(
+    tmp_path: Path, setting: str, value: str
+) -> None:
+    value = value.format(file=_file_in_the_way(tmp_path), tmp=tmp_path)
+    env = {setting: value, "VOICEAI_PORT": str(free_port()), "HF_HUB_OFFLINE": "1"}
+    started = time.monotonic()
+    result = voiceai("serve", env=env, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert f"invalid setting {setting}" in lines[0]
+    assert "s3cret" not in result.stderr
+    assert time.monotonic() - started < 60  # refused before any model loads
 
 
 def test_auto_stt_model_is_the_packaged_offline_one() -> None:
