@@ -9,9 +9,13 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 import asyncio
+import shutil
 import socket
+import subprocess
+import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +23,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import psycopg
 import pytest
 import uvicorn
 
@@ -54,6 +59,77 @@ def free_port() -> int:
 
 
 @dataclass
+class PostgresServer:
+    """A PostgreSQL server of the test session; each test takes a database of its own."""
+
+    host: str
+    port: int
+    user: str
+
+    def url(self, database: str) -> str:
+        return f"postgresql+psycopg://{self.user}@{self.host}:{self.port}/{database}"
+
+    def sql(self, statement: str, database: str = "postgres") -> list[tuple[Any, ...]]:
+        """Runs one statement as the server's superuser, outside any transaction."""
+        with psycopg.connect(
+            host=self.host, port=self.port, user=self.user, dbname=database, autocommit=True
+        ) as db:
+            cursor = db.execute(statement)
+            return cursor.fetchall() if cursor.description else []
+
+    def new_database(self) -> str:
+        name = f"test_{uuid.uuid4().hex[:12]}"
+        self.sql(f'CREATE DATABASE "{name}"')
+        return name
+
+
+def _postgres_bin() -> Path | None:
+    """Debian's PostgreSQL binaries, the newest major version installed."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+    return found[-1].parent if found else None
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server (Debian's `postgresql`), made in a temporary folder for the
+    session: its own port and socket folder, trust auth, fsync off; stopped and removed after."""
+    bindir = _postgres_bin()
+    if bindir is None:
+        pytest.skip("PostgreSQL is not installed (`just setup` installs Debian's postgresql)")
+    root = Path(tempfile.mkdtemp(prefix="voiceai-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # the server refuses to run as root: run it as Debian's postgres
+        as_user = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(root, "postgres", "postgres")
+    data, port = root / "data", free_port()
+
+    def run(*args: str | Path) -> None:
+        subprocess.run([*as_user, *map(str, args)], check=True, capture_output=True, timeout=60)
+
+    try:
+        run(bindir / "initdb", "-D", data, "-U", "voiceai", "--auth=trust", "-E", "UTF8", "-N")
+        options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        run(bindir / "pg_ctl", "-D", data, "-l", root / "server.log", "-o", options, "-w", "start")
+    except subprocess.CalledProcessError as exc:
+        shutil.rmtree(root, ignore_errors=True)
+        raise RuntimeError(f"PostgreSQL did not start: {exc.stderr.decode()}") from exc
+    try:
+        yield PostgresServer("127.0.0.1", port, "voiceai")
+    finally:
+        run(bindir / "pg_ctl", "-D", data, "-m", "immediate", "-w", "stop")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database for call records: each test using it runs on SQLite and PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'calls.db'}"
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server.url(server.new_database())
+
+
+@dataclass
 class RunningService:
     http: str
     ws: str
@@ -80,7 +156,9 @@ def service_factory(tmp_path: Path, stt: WhisperSTT) -> Iterator[Any]:
     """Starts the real app under uvicorn on a free port, in a thread, per test."""
     servers: list[tuple[uvicorn.Server, threading.Thread]] = []
 
-    def start(*, tts_engine: Any = None, **overrides: Any) -> RunningService:
+    def start(
+        *, tts_engine: Any = None, server_options: dict[str, Any] | None = None, **overrides: Any
+    ) -> RunningService:
         port = free_port()
         values: dict[str, Any] = {
             "port": port,
@@ -91,7 +169,12 @@ def service_factory(tmp_path: Path, stt: WhisperSTT) -> Iterator[Any]:
         settings = Settings(**values)
         app = create_app(settings, stt=stt, tts=tts_engine)
         config = uvicorn.Config(
-            app, host="127.0.0.1", port=port, log_level="warning", ws_max_size=1024 * 1024
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            ws_max_size=1024 * 1024,
+            **(server_options or {}),  # e.g. voiceai serve's: voiceai.api.guards
         )
         server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, daemon=True)

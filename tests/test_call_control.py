@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import time
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,10 +16,9 @@ from tests.speech import KEYWORDS, Speech
 from tests.test_conversation import RATE, caller_says, heard_by_caller, talking_service
 from voiceai import events
 from voiceai.engines.stt import WhisperSTT
-from voiceai.events import CallStarted, EventBus, SpeechStarted
+from voiceai.events import EventBus, SpeechStarted
 from voiceai.sim.ollama_server import OllamaEmulator
 from voiceai.sim.phone import PhoneCall
-from voiceai.store import CallStore
 
 TOKEN = "operator-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -233,39 +229,6 @@ def test_a_slow_viewer_loses_old_events_instead_of_slowing_calls() -> None:
     assert kept == list(range(4990, 5000))  # the newest survive
     assert dropped == 4990
     assert elapsed < 2  # publishing never waited for the viewer
-
-
-def test_records_are_migrated_pruned_and_survive_restarts(tmp_path: Path) -> None:
-    db = tmp_path / "old.db"
-    with sqlite3.connect(db) as old:  # the schema of the first release: fewer columns
-        old.execute(
-            "CREATE TABLE calls (id VARCHAR(128) PRIMARY KEY, status VARCHAR(16), "
-            "direction VARCHAR(16), caller VARCHAR(128), callee VARCHAR(128), "
-            "language VARCHAR(16), sample_rate INTEGER, meta JSON, "
-            "started_at DATETIME, ended_at DATETIME, end_reason VARCHAR(64))"
-        )
-        long_ago = (datetime.now(UTC) - timedelta(days=100)).isoformat()
-        old.execute(
-            "INSERT INTO calls (id, status, direction, meta, started_at) "
-            "VALUES ('ancient', 'ended', 'inbound', '{}', ?)",
-            (long_ago,),
-        )
-
-    async def scenario() -> tuple[int, dict | None, dict | None]:
-        store = CallStore(f"sqlite:///{db}")
-        bus = EventBus()
-        bus_event = bus.publish(CallStarted(call_id="fresh", caller="+1555", direction="inbound"))
-        await store.apply(bus_event)
-        pruned = await store.prune(90)
-        await store.aclose()
-        reopened = CallStore(f"sqlite:///{db}")  # a restart
-        fresh, ancient = await reopened.get_call("fresh"), await reopened.get_call("ancient")
-        await reopened.aclose()
-        return pruned, fresh, ancient
-
-    pruned, fresh, ancient = asyncio.run(scenario())
-    assert pruned == 1 and ancient is None
-    assert fresh is not None and fresh["caller"] == "+1555" and fresh["errors"] == []
 
 
 def test_a_recorded_call_can_be_downloaded(service_factory, tts, speech: Speech) -> None:

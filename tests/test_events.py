@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 
@@ -37,7 +36,6 @@ from voiceai.events import (
     TurnLatency,
     parse_event,
 )
-from voiceai.store import RECORDED, CallStore
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "events.md"
 
@@ -205,59 +203,6 @@ def test_a_subscription_for_one_call_gets_only_that_call() -> None:
         got_all = [everything.queue.get_nowait() for _ in range(everything.queue.qsize())]
     assert got_a == [published[0], published[4]]
     assert got_all == published
-
-
-def test_the_call_record_reads_the_typed_events(tmp_path: Path) -> None:
-    """The store consumes the models: engines from call.started, merged with the TTS engines
-    that spoke; a turn's fields; an event for a call never recorded changes nothing."""
-    assert set(RECORDED) <= set(EVENT_TYPES)
-
-    async def scenario() -> tuple[dict | None, dict | None]:
-        store = CallStore(f"sqlite:///{tmp_path / 'calls.db'}")
-        for event in (
-            CallDialing(call_id="c1", to="+15550102"),
-            CallStarted(
-                call_id="c1",
-                caller="+15550101",
-                engines={"stt": "whisper", "llm": "ollama", "tts": "edge"},
-                metadata={"tenant": "acme"},
-            ),
-            TtsAudio(call_id="c1", engine="edge", synth_ms=300, audio_s=1.0),
-            TtsAudio(call_id="c1", engine="piper", fallback=True, synth_ms=90, audio_s=1.0),
-            TtsAudio(call_id="c1", engine="edge", synth_ms=280, audio_s=1.0),
-            TranscriptFinal(call_id="c1", text="hello", start_ms=100, end_ms=900, stt_ms=120),
-            BotSaid(call_id="c1", text="Hi", interrupted=True, timings={"first_audio": 700}),
-            CallError(call_id="c1", kind="tts", message="edge timed out"),
-            CallHangup(call_id="c1", cause="NORMAL_CLEARING"),
-            CallEnded(call_id="c1", reason="hangup", turns=1),
-            CallHangup(call_id="never-seen", cause="NORMAL_CLEARING"),
-        ):
-            await store.apply(event)
-        record, unseen = await store.get_call("c1"), await store.get_call("never-seen")
-        await store.aclose()
-        return record, unseen
-
-    record, unseen = asyncio.run(scenario())
-    assert unseen is None
-    assert record is not None
-    assert record["engines"] == {"stt": "whisper", "llm": "ollama", "tts": ["edge", "piper"]}
-    assert (record["status"], record["direction"], record["callee"]) == (
-        "ended",
-        "outbound",
-        "+15550102",
-    )
-    assert (record["end_reason"], record["hangup_cause"]) == ("hangup", "NORMAL_CLEARING")
-    assert record["metadata"] == {"tenant": "acme"}
-    assert [e["kind"] for e in record["errors"]] == ["tts"]
-    caller, bot = record["turns"]
-    assert (caller["speaker"], caller["text"], caller["start_ms"], caller["end_ms"]) == (
-        "caller",
-        "hello",
-        100,
-        900,
-    )
-    assert caller["timings"] == {"stt_ms": 120, "backchannel": False}
-    assert bot["timings"] == {"first_audio": 700, "interrupted": True}
 
 
 def test_an_event_is_serialized_once_however_many_viewers_get_it() -> None:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from prometheus_client import (
@@ -16,6 +17,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from voiceai import events
 from voiceai.engines.stt_scheduler import Priority, TranscriptionScheduler
@@ -34,6 +37,7 @@ from voiceai.events import (
     TtsAudio,
     TurnLatency,
 )
+from voiceai.store import CallStore
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +178,10 @@ class Metrics:
         scheduler.on_wait = lambda p, s: self.stt_wait.labels(p.name.lower()).observe(s)
         scheduler.on_drop = self.partials_dropped.inc
 
+    def watch_store(self, store: CallStore) -> None:
+        """The call records' health, read from the store at each scrape."""
+        self.registry.register(_StoreCollector(store))
+
     async def watch_loop(self, every_s: float = 0.25) -> None:
         """Measures event-loop lag for the app's lifetime."""
         loop = asyncio.get_running_loop()
@@ -285,6 +293,36 @@ class Metrics:
     def render(self) -> tuple[bytes, str]:
         """The metrics in Prometheus text format, with the content type to serve them with."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _StoreCollector(Collector):
+    """The store keeps its own counts (it writes on its own thread); exported as they are."""
+
+    def __init__(self, store: CallStore) -> None:
+        self._store = store
+
+    def collect(self) -> Iterator[Metric]:
+        health = self._store.health
+        yield GaugeMetricFamily(
+            "voiceai_store_healthy",
+            "1 while call records can be written (the last write or probe worked), else 0.",
+            value=float(health.healthy),
+        )
+        yield GaugeMetricFamily(
+            "voiceai_store_events_held",
+            "Call events held until the database can be written again.",
+            value=health.held_events,
+        )
+        yield CounterMetricFamily(
+            "voiceai_store_write_failures",
+            "Writes of call records the database failed (retries and probes included).",
+            value=health.write_failures,
+        )
+        yield CounterMetricFamily(
+            "voiceai_store_events_lost",
+            "Call events given up on: never recorded (each call's loss is logged once).",
+            value=health.lost_events,
+        )
 
 
 def _finite(value: float | None) -> float | None:

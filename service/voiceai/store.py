@@ -1,14 +1,26 @@
-"""Call records: a call and its turns, written as they happen (SQLAlchemy; SQLite by default)."""
+"""Call records: a call and its turns, written as they happen (SQLAlchemy; SQLite by default).
+
+The schema is migrated by Alembic at start (voiceai/migrations). While the database cannot be
+written, each call's events are held and retried; what is given up is said once per call.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
+import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import (
     JSON,
     DateTime,
@@ -17,13 +29,16 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    TypeDecorator,
     create_engine,
     func,
     inspect,
     select,
     text,
 )
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 from voiceai.events import (
@@ -37,36 +52,83 @@ from voiceai.events import (
     CallStarted,
     CallTransferred,
     EventBus,
+    Subscription,
     TranscriptFinal,
     TtsAudio,
 )
 
 log = logging.getLogger(__name__)
+# Alembic tells of its set-up at every start; migrate() says what it changes, in one line.
+logging.getLogger("alembic").setLevel(logging.WARNING)
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+# The revision whose schema the releases before migrations started from (see versions/0002).
+BEFORE_MIGRATIONS = "0001"
+ENDED = frozenset({"ended", "failed"})
+# Holding events while the database cannot be written: how often to try again; how many events
+# one call may hold, and how many calls; how long a call that ended waits for the database.
+RETRY_S = 2.0
+HOLD_EVENTS_PER_CALL = 5000
+HOLD_CALLS = 1000
+KEEP_ENDED_S = 60.0
+# A PostgreSQL server that does not answer must not stall the store's thread for long.
+PG_CONNECT_TIMEOUT_S = 10
+
+T = TypeVar("T")
 
 
 class Base(DeclarativeBase):
     pass
 
 
+def _clean(value: str | None, length: int | None) -> str | None:
+    """Text as every backend takes it: PostgreSQL refuses a NUL in text and a string longer
+    than its column (SQLite keeps both), and a caller's metadata may carry either."""
+    if value is None:
+        return None
+    value = value.replace("\x00", "\ufffd")
+    return value[:length] if length else value
+
+
+class _Str(TypeDecorator[str]):
+    """A bounded string column: NULs replaced, cut to the column's length."""
+
+    impl = String
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        return _clean(value, self.impl_instance.length)
+
+
+class _Text(TypeDecorator[str]):
+    """An unbounded text column: NULs replaced."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        return _clean(value, None)
+
+
 class CallRow(Base):
     __tablename__ = "calls"
 
     id: Mapped[str] = mapped_column(String(128), primary_key=True)
-    status: Mapped[str] = mapped_column(String(16), default="active", index=True)
-    direction: Mapped[str] = mapped_column(String(16), default="inbound")
-    caller: Mapped[str | None] = mapped_column(String(128))
-    callee: Mapped[str | None] = mapped_column(String(128))
-    language: Mapped[str | None] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(_Str(16), default="active", index=True)
+    direction: Mapped[str] = mapped_column(_Str(16), default="inbound")
+    caller: Mapped[str | None] = mapped_column(_Str(128))
+    callee: Mapped[str | None] = mapped_column(_Str(128))
+    language: Mapped[str | None] = mapped_column(_Str(16))
     sample_rate: Mapped[int | None] = mapped_column(Integer)
     meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    end_reason: Mapped[str | None] = mapped_column(String(64))
-    hangup_cause: Mapped[str | None] = mapped_column(String(64))
-    transferred_to: Mapped[str | None] = mapped_column(String(64))
+    end_reason: Mapped[str | None] = mapped_column(_Str(64))
+    hangup_cause: Mapped[str | None] = mapped_column(_Str(64))
+    transferred_to: Mapped[str | None] = mapped_column(_Str(64))
     errors: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     engines: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    recording: Mapped[str | None] = mapped_column(String(512))
+    recording: Mapped[str | None] = mapped_column(_Str(512))
     turns: Mapped[list[TurnRow]] = relationship(order_by="TurnRow.id", cascade="all, delete-orphan")
 
 
@@ -75,9 +137,9 @@ class TurnRow(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     call_id: Mapped[str] = mapped_column(ForeignKey("calls.id", ondelete="CASCADE"), index=True)
-    speaker: Mapped[str] = mapped_column(String(16))
-    text: Mapped[str] = mapped_column(Text)
-    language: Mapped[str | None] = mapped_column(String(16))
+    speaker: Mapped[str] = mapped_column(_Str(16))
+    text: Mapped[str] = mapped_column(_Text())
+    language: Mapped[str | None] = mapped_column(_Str(16))
     start_ms: Mapped[int | None] = mapped_column(Integer)
     end_ms: Mapped[int | None] = mapped_column(Integer)
     timings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
@@ -89,7 +151,14 @@ def _at(event: BaseEvent) -> datetime:
 
 
 def _update(row: CallRow, event: BaseEvent) -> None:
-    """Applies an event about a call already recorded (the caller skips calls never seen)."""
+    """Applies an event about a call already recorded (the caller skips calls never seen).
+
+    An ended record keeps what it says: only a hang-up cause that came late is added to it.
+    """
+    if row.status in ENDED:
+        if isinstance(event, CallHangup) and row.hangup_cause is None:
+            row.hangup_cause = event.cause
+        return
     match event:
         case CallEnded():
             row.status = "failed" if row.status == "dialing" else "ended"
@@ -119,23 +188,65 @@ def _with_tts(engines: dict[str, Any], engine: str | None) -> dict[str, Any]:
     return {**engines, "tts": tts} if tts else engines
 
 
+class StoreUnavailable(Exception):
+    """The database cannot be written now; the same write may work later."""
+
+
+@dataclass
+class StoreHealth:
+    """What /readyz and /metrics tell of the call records."""
+
+    healthy: bool = True  # the last write (or probe) worked
+    last_error: str | None = None  # why the last one failed: the driver's message, no SQL
+    write_failures: int = 0  # writes and probes that failed, retries included
+    held_events: int = 0  # events waiting for the database
+    lost_events: int = 0  # events given up on
+
+
 class CallStore:
     """Blocking SQLAlchemy work runs on one dedicated thread, behind async methods."""
 
     def __init__(self, url: str) -> None:
         parsed = make_url(url)
-        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        backend = parsed.get_backend_name()
+        is_uri = parsed.query.get("uri") == "true"  # sqlite:///file:...?mode=ro&uri=true
+        if backend == "sqlite" and not is_uri and parsed.database not in (None, "", ":memory:"):
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        self._engine = create_engine(url)
-        Base.metadata.create_all(self._engine)
-        _add_missing_columns(self._engine)
+        options: dict[str, Any] = {}
+        if backend == "postgresql":
+            # A server restarted or failed over leaves dead pooled connections: test each first.
+            options = {
+                "pool_pre_ping": True,
+                "connect_args": {"connect_timeout": PG_CONNECT_TIMEOUT_S},
+            }
+        self._engine = create_engine(url, **options)
+        migrate(self._engine)
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self.health = StoreHealth()
 
-    async def _run(self, fn: Any, *args: Any) -> Any:
+    @property
+    def healthy(self) -> bool:
+        return self.health.healthy
+
+    @property
+    def last_error(self) -> str | None:
+        return self.health.last_error
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
     async def apply(self, event: BaseEvent) -> None:
-        await self._run(self._apply, event)
+        """Writes one event. Raises StoreUnavailable when the database cannot be written (the
+        event may be tried again), anything else when this event cannot be (it never will)."""
+        await self._run(self._writing, self._apply, event)
+
+    async def check(self) -> bool:
+        """Whether the database can be written now (a write rolled back); updates `health`."""
+        try:
+            await self._run(self._writing, self._probe)
+        except StoreUnavailable:
+            return False
+        return True
 
     async def get_call(self, call_id: str) -> dict[str, Any] | None:
         return await self._run(self._get_call, call_id)
@@ -149,41 +260,66 @@ class CallStore:
         """Delete ended calls that started more than `older_than_days` ago; returns how many."""
         return await self._run(self._prune, older_than_days)
 
+    def _writing(self, write: Callable[..., None], *args: Any) -> None:
+        """Runs a write, keeping `health`: a failure of the database (not of this write's data)
+        becomes StoreUnavailable, logged once when the store turns unhealthy."""
+        try:
+            write(*args)
+        except (IntegrityError, DataError):
+            raise  # this event's data, not the database: writing it again would fail again
+        except (DBAPIError, PoolTimeout) as exc:
+            error = _describe(exc)
+            self.health.write_failures += 1
+            if self.health.healthy:
+                log.error(
+                    "database: call records cannot be written (%s); each call's events are "
+                    "held until they can",
+                    error,
+                )
+            self.health.healthy, self.health.last_error = False, error
+            raise StoreUnavailable(error) from exc
+        if not self.health.healthy:
+            log.warning("database: call records can be written again")
+        self.health.healthy, self.health.last_error = True, None
+
+    def _probe(self) -> None:
+        with self._engine.connect() as db, db.begin() as transaction:
+            db.execute(text("UPDATE alembic_version SET version_num = version_num"))
+            transaction.rollback()
+
     def _apply(self, event: BaseEvent) -> None:
         with Session(self._engine) as db, db.begin():
+            row = db.get(CallRow, event.call_id)
             match event:
                 case CallDialing():
-                    db.add(
-                        CallRow(
-                            id=event.call_id,
-                            status="dialing",
-                            direction="outbound",
-                            callee=event.to,
-                            meta={},
-                            errors=[],
-                            engines={},
-                            started_at=_at(event),
+                    if row is None:
+                        db.add(
+                            CallRow(
+                                id=event.call_id,
+                                status="dialing",
+                                direction="outbound",
+                                callee=event.to,
+                                meta={},
+                                errors=[],
+                                engines={},
+                                started_at=_at(event),
+                            )
                         )
+                    else:
+                        log.warning(
+                            "call %s: dialled with the id of a call recorded already: "
+                            "its record is kept, the new call is not recorded",
+                            event.call_id,
+                        )
+                case CallStarted() if row is not None and row.status in ENDED:
+                    log.warning(
+                        "call %s: started with the id of a call that ended: that call's record "
+                        "is kept, this one is not recorded",
+                        event.call_id,
                     )
                 case CallStarted():
-                    row = db.get(CallRow, event.call_id)
-                    dialled = row is not None and row.status == "dialing"
-                    row = row or CallRow(id=event.call_id, meta={})
-                    row.status = "active"
-                    row.direction = "outbound" if dialled else event.direction or "inbound"
-                    row.engines = _with_tts(dict(event.engines), event.engines.get("tts"))
-                    row.caller = event.caller
-                    row.callee = event.callee or row.callee
-                    row.language = event.language
-                    row.sample_rate = event.sample_rate
-                    row.meta = dict(event.metadata)
-                    row.started_at = row.started_at if dialled else _at(event)
-                    row.ended_at = None
-                    row.end_reason = None
-                    row.hangup_cause = None
-                    row.errors = []
-                    db.add(row)
-                case TranscriptFinal():
+                    db.add(_started(row, event))
+                case TranscriptFinal() if _open(row):
                     db.add(
                         TurnRow(
                             call_id=event.call_id,
@@ -196,7 +332,7 @@ class CallStore:
                             created_at=_at(event),
                         )
                     )
-                case BotSaid():
+                case BotSaid() if _open(row):
                     db.add(
                         TurnRow(
                             call_id=event.call_id,
@@ -207,8 +343,10 @@ class CallStore:
                             created_at=_at(event),
                         )
                     )
+                case TranscriptFinal() | BotSaid():
+                    pass  # a turn of a call never recorded, or of one that ended: not this call's
                 case _:
-                    if (row := db.get(CallRow, event.call_id)) is not None:
+                    if row is not None:
                         _update(row, event)
 
     def _get_call(self, call_id: str) -> dict[str, Any] | None:
@@ -242,6 +380,56 @@ class CallStore:
     async def aclose(self) -> None:
         self._thread.shutdown(wait=True)
         self._engine.dispose()
+
+
+def _open(row: CallRow | None) -> bool:
+    """Whether a call is recorded and has not ended (its turns belong to it)."""
+    return row is not None and row.status not in ENDED
+
+
+def _started(row: CallRow | None, event: CallStarted) -> CallRow:
+    """The record of a call that starts: new, or the one made when we dialled it."""
+    dialled = row is not None and row.status == "dialing"
+    row = row or CallRow(id=event.call_id, meta={})
+    row.status = "active"
+    row.direction = "outbound" if dialled else event.direction or "inbound"
+    row.engines = _with_tts(dict(event.engines), event.engines.get("tts"))
+    row.caller = event.caller
+    row.callee = event.callee or row.callee
+    row.language = event.language
+    row.sample_rate = event.sample_rate
+    row.meta = dict(event.metadata)
+    row.started_at = row.started_at if dialled else _at(event)
+    row.ended_at = None
+    row.end_reason = None
+    row.hangup_cause = None
+    row.errors = []
+    return row
+
+
+def _describe(exc: Exception) -> str:
+    """The driver's own message, first line: no SQL, no parameters (callers' words), no URL."""
+    cause = getattr(exc, "orig", None) or exc
+    lines = str(cause).strip().splitlines() or [""]
+    return f"{type(cause).__name__}: {lines[0][:200]}"
+
+
+def migrate(engine: Engine) -> None:
+    """Brings the schema to the newest revision. A database made before migrations (its tables
+    but no alembic_version) is first marked as the first release's, which it started from."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    head = ScriptDirectory.from_config(config).get_current_head()
+    with engine.begin() as db:
+        config.attributes["connection"] = db
+        current = MigrationContext.configure(db).get_current_revision()
+        if current is None and inspect(db).has_table("calls"):
+            current = BEFORE_MIGRATIONS
+            command.stamp(config, current)
+            log.info("database: made before migrations, taken as revision %s", current)
+        if current != head:
+            command.upgrade(config, "head")
+            log.info("database: schema migrated from revision %s to %s", current or "none", head)
 
 
 def _as_record(row: CallRow, *, with_turns: bool = True) -> dict[str, Any]:
@@ -280,19 +468,6 @@ def _as_record(row: CallRow, *, with_turns: bool = True) -> dict[str, Any]:
     return record
 
 
-def _add_missing_columns(engine: Engine) -> None:
-    """Upgrade a database made by an older version: add the columns it lacks (all nullable)."""
-    existing = inspect(engine)
-    with engine.begin() as db:
-        for table in Base.metadata.sorted_tables:
-            have = {c["name"] for c in existing.get_columns(table.name)}
-            for column in table.columns:
-                if column.name not in have:
-                    kind = column.type.compile(dialect=engine.dialect)
-                    db.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
-                    log.info("database: added column %s.%s", table.name, column.name)
-
-
 RECORDED: tuple[type[BaseEvent], ...] = (
     CallDialing,
     CallStarted,
@@ -308,24 +483,165 @@ RECORDED: tuple[type[BaseEvent], ...] = (
 
 
 async def record_events(bus: EventBus, store: CallStore) -> None:
-    """Writes every event that changes a call record, in order, for the app's lifetime.
+    """Writes every event that changes a call record, in order, for the app's lifetime."""
+    await Recorder(store).run(bus)
 
-    When cancelled at shutdown it first writes what is still queued, so nothing said is lost.
-    """
-    with bus.subscribe(maxsize=100_000) as sub:
+
+@dataclass
+class _Held:
+    """One call's events that wait for the database, in order."""
+
+    events: collections.deque[BaseEvent] = field(default_factory=collections.deque)
+    ended_at: float | None = None  # time.monotonic() when its call.ended was held
+
+
+class Recorder:
+    """Feeds the store from the bus. While the database cannot be written each call's events
+    are held, in order, and tried again every `retry_s`; a call is given up on (one error line
+    says what was lost) when it holds over `hold_events` events, when over `hold_calls` calls
+    hold some, or `keep_ended_s` after it ended."""
+
+    def __init__(
+        self,
+        store: CallStore,
+        *,
+        retry_s: float = RETRY_S,
+        hold_events: int = HOLD_EVENTS_PER_CALL,
+        hold_calls: int = HOLD_CALLS,
+        keep_ended_s: float = KEEP_ENDED_S,
+    ) -> None:
+        self._store = store
+        self._retry_s = retry_s
+        self._hold_events = hold_events
+        self._hold_calls = hold_calls
+        self._keep_ended_s = keep_ended_s
+        self._held: dict[str, _Held] = {}
+        self._lost: dict[str, None] = {}  # calls given up on before they ended, oldest first
+        self._next_retry = 0.0
+
+    async def run(self, bus: EventBus) -> None:
+        """For the app's lifetime. When cancelled at shutdown it first writes what is still
+        queued or held (what cannot be written is reported), so nothing said is lost silently."""
+        with bus.subscribe(maxsize=100_000) as sub:
+            try:
+                await self._store.check()  # /readyz tells of an unwritable database at once
+                self._next_retry = time.monotonic() + self._retry_s
+                while True:
+                    if (event := await self._next_event(sub)) is not None:
+                        await self.record(event)
+                    if self._waiting() and time.monotonic() >= self._next_retry:
+                        await self.retry()
+            except asyncio.CancelledError:
+                while not sub.queue.empty():
+                    await self.record(sub.queue.get_nowait())
+                if self._held:
+                    await self.retry(final=True)
+                raise
+
+    def _waiting(self) -> bool:
+        return bool(self._held) or not self._store.healthy
+
+    async def _next_event(self, sub: Subscription) -> BaseEvent | None:
+        """The next event, or None when a retry is due first. Queued events come first, so a
+        slow retry never leaves them in the bus's queue (which drops the oldest when full)."""
+        if not sub.queue.empty():
+            return sub.queue.get_nowait()
+        wait = max(0.0, self._next_retry - time.monotonic()) if self._waiting() else None
         try:
-            while True:
-                await _write(store, await sub.get())
-        except asyncio.CancelledError:
-            while not sub.queue.empty():
-                await _write(store, sub.queue.get_nowait())
-            raise
+            return await asyncio.wait_for(sub.get(), wait)
+        except TimeoutError:
+            return None
+
+    async def record(self, event: BaseEvent) -> None:
+        """Writes an event, or holds it behind its call's held events or an unwritable store."""
+        if not isinstance(event, RECORDED):
+            return
+        call_id = event.call_id
+        if call_id in self._lost:  # given up on: the rest of the call is not recorded either
+            self._store.health.lost_events += 1
+            if isinstance(event, CallEnded):
+                del self._lost[call_id]
+            return
+        held = self._held.get(call_id)
+        if held is None:
+            if self._store.healthy:
+                try:
+                    await self._store.apply(event)
+                    return
+                except StoreUnavailable:
+                    self._next_retry = time.monotonic() + self._retry_s
+                except Exception:
+                    log.exception("could not record %s for call %s", event.type, call_id)
+                    return
+            held = self._held[call_id] = _Held()
+            if len(self._held) > self._hold_calls:
+                self._give_up(next(iter(self._held)), f"more than {self._hold_calls} calls wait")
+        held.events.append(event)
+        self._store.health.held_events += 1
+        if isinstance(event, CallEnded):
+            held.ended_at = time.monotonic()
+        if len(held.events) > self._hold_events:
+            self._give_up(call_id, f"more than {self._hold_events} of its events wait")
+
+    async def retry(self, *, final: bool = False) -> None:
+        """Writes the held events, call by call, in order; stops at the first the database
+        refuses. Probes the database when nothing is held. `final`: give up on what is left."""
+        try:
+            if not self._held:
+                await self._store.check()
+                return
+            for call_id in list(self._held):
+                if not await self._flush(call_id):
+                    break
+        finally:  # counted from the end: a database slow to fail is not tried back to back
+            self._next_retry = time.monotonic() + self._retry_s
+        now = time.monotonic()
+        for call_id, held in list(self._held.items()):
+            if final:
+                self._give_up(call_id, "the service stopped")
+            elif held.ended_at is not None and now - held.ended_at >= self._keep_ended_s:
+                self._give_up(call_id, f"it ended {self._keep_ended_s:g} s ago")
+
+    async def _flush(self, call_id: str) -> bool:
+        """Writes one call's held events; False when the database is still unwritable."""
+        held = self._held[call_id]
+        while held.events:
+            event = held.events[0]
+            try:
+                await self._store.apply(event)
+            except StoreUnavailable:
+                return False
+            except Exception:
+                log.exception("could not record %s for call %s", event.type, call_id)
+            held.events.popleft()
+            self._store.health.held_events -= 1
+        del self._held[call_id]
+        return True
+
+    def _give_up(self, call_id: str, why: str) -> None:
+        """Drops a call's held events, saying in one error line what its record lacks."""
+        held = self._held.pop(call_id)
+        lost = len(held.events)
+        self._store.health.held_events -= lost
+        self._store.health.lost_events += lost
+        rest = ""
+        if held.ended_at is None:
+            self._lost[call_id] = None
+            while len(self._lost) > self._hold_calls:
+                del self._lost[next(iter(self._lost))]
+            rest = "; nor will the rest of the call be"
+        log.error(
+            "call %s: %d events not recorded (%s), the database could not be written (%s) and %s%s",
+            call_id,
+            lost,
+            _kinds(held.events),
+            self._store.last_error or "unknown error",
+            why,
+            rest,
+        )
 
 
-async def _write(store: CallStore, event: BaseEvent) -> None:
-    if not isinstance(event, RECORDED):
-        return
-    try:
-        await store.apply(event)
-    except Exception:
-        log.exception("could not record %s for call %s", event.type, event.call_id)
+def _kinds(events: Iterable[BaseEvent]) -> str:
+    """What a list of events holds: 'call.started, 4 transcript.final, call.ended'."""
+    counts = collections.Counter(event.type for event in events)
+    return ", ".join(kind if n == 1 else f"{n} {kind}" for kind, n in counts.items())
