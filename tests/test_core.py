@@ -478,3 +478,169 @@ def test_a_speculative_reply_is_dropped_unheard_when_the_caller_goes_on(tmp_path
         await call.session.finish("hangup")
 
     on_fake_clock(scenario)
+
+
+# -- failures on the reply path: the apology, then a person or a polite end, never silence -----
+
+FALLBACK = "+14155550199"
+APOLOGY = "Sorry, something went wrong."
+
+
+def unusable(path: Path) -> None:
+    """A regular file where a folder must be: nothing can be written under it, even by root."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("not a folder")
+
+
+def error_kinds(call: CoreCall) -> list[str]:
+    return [e.kind for e in call.received(events.CallError)]
+
+
+def test_a_greeting_that_cannot_be_synthesized_ends_in_the_apology_and_a_transfer(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        call = CoreCall(tmp_path, greeting="Hello, thanks for calling.", fallback_number=FALLBACK)
+        call.tts.fail_on = "Hello"
+        call.session.start(events.CallStarted(call_id=call.call_id))
+        await call.until(lambda: call.received(events.CallTransferred) != [])
+        assert [c.name for c in call.switch.commands] == ["sched_del", "play", "transfer"]
+        assert error_kinds(call) == ["greeting"]
+        assert call.received(events.BotSaid)[-1].text == APOLOGY
+        await call.session.finish("hangup")
+
+    on_fake_clock(scenario)
+
+
+def test_an_event_socket_timeout_on_the_greeting_ends_in_the_apology_and_a_transfer(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        call = CoreCall(tmp_path, greeting="Hello, thanks for calling.", fallback_number=FALLBACK)
+        call.switch.unanswered_plays = {1}
+        call.session.start(events.CallStarted(call_id=call.call_id))
+        await call.until(lambda: call.received(events.CallTransferred) != [])
+        names = [c.name for c in call.switch.commands]
+        assert names == ["sched_del", "play_unanswered", "play", "transfer"]
+        (error,) = call.received(events.CallError)
+        assert error.kind == "greeting" and "did not answer" in error.message
+        assert call.received(events.BotSaid)[-1].text == APOLOGY
+        await call.session.finish("hangup")
+
+    on_fake_clock(scenario)
+
+
+def test_an_unwritable_media_folder_without_a_cached_apology_still_transfers_the_caller(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        call = CoreCall(tmp_path, fallback_number=FALLBACK)
+        unusable(call.media)
+        unusable(call.prompts)
+        await call.caller_says("Hello?")
+        await call.until(lambda: call.received(events.CallTransferred) != [])
+        assert [e.state for e in call.received(events.CallState)] == [
+            "thinking",
+            "speaking",
+            "transferred",
+        ]
+        assert error_kinds(call) == ["media", "apology"]
+        assert "VOICEAI_MEDIA_DIR" in call.received(events.CallError)[0].message
+        assert [c.name for c in call.switch.commands] == ["transfer"]
+        await call.session.finish("hangup")
+
+    on_fake_clock(scenario)
+
+
+def test_a_reply_whose_every_sentence_fails_in_tts_ends_in_the_apology_and_a_transfer(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        llm = FakeLLM(replies=["BROKEN first sentence here. BROKEN second one."])
+        call = CoreCall(tmp_path, llm=llm, fallback_number=FALLBACK)
+        call.tts.fail_on = "BROKEN"
+        await call.caller_says("Hello?")
+        await call.until(lambda: call.received(events.CallTransferred) != [])
+        assert error_kinds(call) == ["tts", "tts", "reply"]
+        assert [c.name for c in call.switch.commands] == ["play", "transfer"]
+        assert call.received(events.BotSaid)[-1].text == APOLOGY
+        await call.session.finish("hangup")
+
+    on_fake_clock(scenario)
+
+
+def test_a_play_command_that_times_out_stops_the_llm_and_hands_the_caller_over(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        llm = FakeLLM(replies=[LONG_REPLY], token_s=0.5)  # still writing when the play times out
+        call = CoreCall(tmp_path, llm=llm, fallback_number=FALLBACK)
+        call.switch.unanswered_plays = {1}
+        await call.caller_says("What are your opening hours?")
+        await call.until(lambda: call.received(events.CallTransferred) != [])
+        assert llm.closed == 1  # generation stopped at once, not left to run on
+        assert error_kinds(call) == ["playback"]
+        names = [c.name for c in call.switch.commands]
+        assert names == ["play_unanswered", "play", "transfer"]
+        await call.session.finish("hangup")
+
+    on_fake_clock(scenario)
+
+
+def test_talking_over_the_apology_does_not_keep_the_caller_with_a_broken_bot(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        call = CoreCall(tmp_path, llm=FakeLLM(fail="connection refused"), fallback_number=FALLBACK)
+        await call.caller_says("Hello?")
+        await call.until(lambda: call.session.state is State.SPEAKING)  # the apology
+        await call.caller_says("Hello? Are you still there?", speech_ms=900)
+        await call.until(lambda: call.received(events.CallTransferred) != [])
+        assert call.received(events.BargeIn) == []
+        assert [c.name for c in call.switch.commands] == ["play", "transfer"]
+        assert not call.received(events.BotSaid)[-1].interrupted
+        await call.session.finish("hangup")
+
+    on_fake_clock(scenario)
+
+
+def test_a_refused_fallback_transfer_ends_the_call_politely_instead(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        call = CoreCall(tmp_path, llm=FakeLLM(fail="connection refused"), fallback_number=FALLBACK)
+        call.switch.refuse_transfer = True
+        await call.caller_says("Hello?")
+        await call.until(lambda: call.session.state is State.ENDED)
+        assert [c.name for c in call.switch.commands] == ["play", "transfer", "hangup"]
+        assert error_kinds(call) == ["llm", "transfer", "ended_by_bot"]
+        await call.session.finish("hangup")
+
+    on_fake_clock(scenario)
+
+
+def test_when_even_the_hang_up_fails_the_call_listens_again_instead_of_hanging_in_speaking(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        call = CoreCall(tmp_path, llm=FakeLLM(fail="connection refused"))
+        call.switch.refuse_hangup = True
+        await call.caller_says("Hello?")
+        await call.until(lambda: "hangup" in error_kinds(call))
+        await call.settle(2)
+        assert call.session.state is State.LISTENING
+        await call.session.finish("hangup")
+
+    on_fake_clock(scenario)
+
+
+def test_an_unwritable_recordings_folder_is_a_recording_error_not_an_internal_one(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        call = CoreCall(tmp_path, record_calls=True)
+        unusable(call.media)
+        call.session.start(events.CallStarted(call_id=call.call_id))
+        await call.settle(1)
+        assert error_kinds(call) == ["recording"]
+        await call.session.finish("hangup")
+
+    on_fake_clock(scenario)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -211,6 +212,48 @@ def test_metadata_fields_are_kept_in_the_record(service: RunningService, speech:
     assert record["callee"] == "+16505550199"
     assert record["sample_rate"] == 8000
     assert record["metadata"]["campaign"] == "spring"
+
+
+BAD_METADATA = {
+    "integer-over-4300-digits": '{"rate":"16k","n":' + "9" * 4301 + "}",
+    "nested-4000-deep": '{"x":' + "[" * 4000 + "]" * 4000 + "}",
+    "nested-30000-deep": "[" * 30_000 + "]" * 30_000,
+    "nested-300-deep": '{"x":' + "[" * 300 + "]" * 300 + "}",
+    "infinite-number": '{"caller":"+14155550100","x":1e400}',
+    "lone-surrogate": '{"caller":"\\ud800"}',
+    "rate-1e999k": '{"rate":"1e999k","caller":"+14155550100"}',
+    "language-the-bot-cannot-speak": '{"language":"tlh"}',
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_METADATA))
+def test_undecodable_metadata_gives_one_warning_and_defaults_and_the_call_is_recorded(
+    service: RunningService, case: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="voiceai.api.fork")
+    frames: list[str | bytes] = [BAD_METADATA[case], b"\0" * 6400, b""]
+    code, _ = asyncio.run(_closed_with(f"{service.ws}/fork/{case}", frames))
+
+    assert code == 1000
+    record = service.wait_for_call(case)
+    assert record["sample_rate"] == 16000 and record["direction"] == "inbound"
+    assert record["end_reason"] == "hangup"
+    warnings = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "voiceai.api.fork" and r.getMessage().startswith(f"fork {case}:")
+    ]
+    assert len(warnings) == 1, warnings
+    assert "default" in warnings[0]
+
+
+def test_a_rate_that_is_not_a_number_keeps_the_rest_of_the_metadata(
+    service: RunningService,
+) -> None:
+    frames: list[str | bytes] = [BAD_METADATA["rate-1e999k"], b"\0" * 6400, b""]
+    assert asyncio.run(_closed_with(f"{service.ws}/fork/rate-only", frames))[0] == 1000
+    record = service.wait_for_call("rate-only")
+    assert record["caller"] == "+14155550100" and record["sample_rate"] == 16000
 
 
 async def _closed_with(url: str, frames: list[str | bytes]) -> tuple[int, str]:

@@ -29,7 +29,7 @@ class PromptCache:
     async def get(self, text: str, language: str, rate: int) -> Prompt:
         key = hashlib.sha256(f"{language}|{rate}|{text}".encode()).hexdigest()[:16]
         task = self._prompts.get(key)
-        if task is None or (task.done() and task.exception() is not None):
+        if task is None or (task.done() and not _usable(task)):
             task = asyncio.create_task(self._make(key, text, language, rate))
             self._prompts[key] = task
         return await asyncio.shield(task)
@@ -39,3 +39,10 @@ class PromptCache:
         self._folder.mkdir(parents=True, exist_ok=True)
         path = write_wav(self._folder / f"prompt-{key}.wav", audio)
         return Prompt(path, text, audio.duration_s, audio.engine)
+
+
+def _usable(made: asyncio.Task[Prompt]) -> bool:
+    """A finished synthesis whose file is still there (the media folder may have been emptied)."""
+    if made.cancelled() or made.exception() is not None:
+        return False
+    return made.result().path.exists()

@@ -2,6 +2,8 @@
 
 It speaks when asked and says what was heard; whether it may speak at all is the session's
 call (`before_audio` fires the state table's AUDIO_READY and raises Refused if it is refused).
+A step that fails raises LLMError or SpeechFailed, saying which step and why; what then reaches
+the caller (the apology, a person) is the session's rule.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from pathlib import Path
 from voiceai import events
 from voiceai.conversation.playback import PlaybackQueue, Utterance
 from voiceai.conversation.sentences import SentenceSplitter
+from voiceai.conversation.states import Refused
 from voiceai.conversation.timing import TurnTiming
-from voiceai.engines.llm import LanguageModel, LLMError
+from voiceai.engines.llm import LanguageModel
 from voiceai.engines.tts import SpeechSynthesizer, TTSError, speakable, write_wav
 from voiceai.events import EventBus
 from voiceai.prompts import PromptCache
@@ -26,6 +29,14 @@ from voiceai.prompts import PromptCache
 log = logging.getLogger(__name__)
 
 PLAYBACK_SLACK_S = 5.0  # beyond the queued audio's length, before playback counts as lost
+
+
+class SpeechFailed(Exception):
+    """Words could not reach the caller; `kind` names the step: tts, media, playback, reply."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class Responder:
@@ -56,11 +67,41 @@ class Responder:
     async def reply(self, messages: list[dict[str, str]], language: str, timing: TurnTiming) -> str:
         """Speak the LLM's reply sentence by sentence as it is written; return its whole text.
 
-        Raises LLMError when the model fails (what was already queued still plays).
+        Raises LLMError when the model fails (what was already written is still said first), and
+        SpeechFailed when the audio cannot reach FreeSWITCH (the model is stopped at once) or
+        when not one sentence could be synthesized.
         """
-        assert self._llm is not None
         sentences: asyncio.Queue[str | None] = asyncio.Queue()
         speaker = asyncio.create_task(self._speak_sentences(sentences, language, timing))
+        writer = asyncio.create_task(self._write(messages, language, timing, sentences))
+        try:
+            await asyncio.wait({writer, speaker}, return_when=asyncio.FIRST_EXCEPTION)
+            if speaker.done() and speaker.exception() is not None:
+                writer.cancel()  # the audio path is broken: stop generating at once
+                await asyncio.gather(writer, return_exceptions=True)
+                speaker.result()
+            spoken, lost = await speaker  # after a model failure, what was written is said
+            full = writer.result()
+        except BaseException:
+            for task in (writer, speaker):
+                task.cancel()
+            await asyncio.gather(writer, speaker, return_exceptions=True)
+            raise
+        if spoken == 0 and lost:
+            raise SpeechFailed(
+                "reply", f"not one sentence of the reply could be spoken: {lost[-1]}"
+            )
+        return full
+
+    async def _write(
+        self,
+        messages: list[dict[str, str]],
+        language: str,
+        timing: TurnTiming,
+        sentences: asyncio.Queue[str | None],
+    ) -> str:
+        """The LLM's tokens, cut into sentences for the speaker as each completes."""
+        assert self._llm is not None
         splitter = SentenceSplitter(language)
         full = ""
         try:
@@ -75,36 +116,40 @@ class Responder:
             if rest := splitter.flush():
                 timing.mark("first_sentence")
                 sentences.put_nowait(rest)
-        except LLMError:
-            sentences.put_nowait(None)
-            await speaker  # what was written before the failure is still said
-            raise
-        except BaseException:
-            speaker.cancel()
-            await asyncio.gather(speaker, return_exceptions=True)
-            raise
-        sentences.put_nowait(None)
-        await speaker
+        finally:
+            sentences.put_nowait(None)  # the speaker ends after what was written
         return full
 
     async def _speak_sentences(
         self, sentences: asyncio.Queue[str | None], language: str, timing: TurnTiming
-    ) -> None:
+    ) -> tuple[int, list[str]]:
+        """Each sentence in turn; returns how many were queued and why the others were lost."""
+        spoken, lost = 0, []
         while (sentence := await sentences.get()) is not None:
             if text := speakable(sentence):
                 try:
                     await self.speak(text, language, timing)
-                except TTSError as exc:  # one sentence lost; the next may still be spoken
+                except SpeechFailed as exc:
+                    if exc.kind != "tts":
+                        raise  # the media folder or FreeSWITCH: the next sentence fails alike
+                    # One sentence lost; the next may still be spoken.
                     log.error("call %s: could not speak %r: %s", self.call_id, text[:60], exc)
                     self._bus.publish(
                         events.CallError(call_id=self.call_id, kind="tts", message=str(exc))
                     )
+                    lost.append(str(exc))
+                    continue
+                spoken += 1
+        return spoken, lost
 
     async def speak(self, text: str, language: str, timing: TurnTiming | None = None) -> None:
-        """Synthesize `text` and queue it after what is already playing."""
+        """Synthesize `text` and queue it after what is already playing (or SpeechFailed)."""
         assert self._tts is not None
         started = time.perf_counter()
-        audio = await self._tts.synthesize(text, language, self._rate)
+        try:
+            audio = await self._tts.synthesize(text, language, self._rate)
+        except TTSError as exc:
+            raise SpeechFailed("tts", str(exc)) from exc
         self._bus.publish(
             events.TtsAudio(
                 call_id=self.call_id,
@@ -116,10 +161,14 @@ class Responder:
         )
         if timing is not None:
             timing.mark("first_audio")
-        self._media.mkdir(parents=True, exist_ok=True)
-        path = write_wav(self._media / f"say-{next(self._files)}.wav", audio)
+        path = self._media / f"say-{next(self._files)}.wav"
+        try:
+            self._media.mkdir(parents=True, exist_ok=True)
+            write_wav(path, audio)
+        except OSError as exc:
+            raise SpeechFailed("media", media_problem(path, exc)) from exc
         self._before_audio()
-        await self._playback.play(Utterance(path, text, audio.duration_s))
+        await self._play(Utterance(path, text, audio.duration_s))
         if timing is not None:
             timing.mark("play_sent")
 
@@ -127,9 +176,23 @@ class Responder:
         """A fixed phrase (greeting, apology): synthesized once, shared by every call."""
         if not text or self._prompts is None:
             return
-        prompt = await self._prompts.get(text, language, self._rate)
+        try:
+            prompt = await self._prompts.get(text, language, self._rate)
+        except TTSError as exc:
+            raise SpeechFailed("tts", str(exc)) from exc
+        except OSError as exc:
+            raise SpeechFailed("media", media_problem(Path(exc.filename or "?"), exc)) from exc
         self._before_audio()
-        await self._playback.play(Utterance(prompt.path, text, prompt.duration_s, keep_file=True))
+        await self._play(Utterance(prompt.path, text, prompt.duration_s, keep_file=True))
+
+    async def _play(self, utterance: Utterance) -> None:
+        try:
+            await self._playback.play(utterance)
+        except Refused:
+            raise
+        except Exception as exc:  # the event socket: timed out, refused, gone
+            message = f"FreeSWITCH did not take {utterance.path.name} to play: {exc}"
+            raise SpeechFailed("playback", message) from exc
 
     async def wait_played(self) -> None:
         """Until FreeSWITCH has played everything queued; never longer than it could take."""
@@ -147,3 +210,9 @@ class Responder:
                 events.CallError(call_id=self.call_id, kind="playback", message=message)
             )
             self._playback.give_up()
+
+
+def media_problem(path: Path, exc: OSError) -> str:
+    """What went wrong writing an audio file, and the setting to check."""
+    why = exc.strerror or type(exc).__name__
+    return f"could not write {path}: {why} (is VOICEAI_MEDIA_DIR a writable folder?)"

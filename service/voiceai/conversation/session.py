@@ -23,7 +23,7 @@ from voiceai.conversation.dialog import Dialog
 from voiceai.conversation.line import CallLine
 from voiceai.conversation.listener import Listener
 from voiceai.conversation.playback import PlaybackQueue
-from voiceai.conversation.responder import Responder
+from voiceai.conversation.responder import Responder, SpeechFailed
 from voiceai.conversation.states import TRANSITIONS, Refused, State, StateMachine, Trigger
 from voiceai.conversation.timing import TurnTiming
 from voiceai.engines.llm import LanguageModel, LLMError
@@ -146,6 +146,7 @@ class CallSession:
         self._reply_timing: TurnTiming | None = None
         self._barged_in_this_turn = False
         self._said_cannot_speak = False
+        self._failing_over = False  # the apology and hand-over are under way: no barge-in
         self._hung_up = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -180,6 +181,8 @@ class CallSession:
     def on_caller_voiced(self, voiced_ms: int, at_ms: int) -> None:
         """Barge-in: real speech (not a short "mhm") over the bot stops it."""
         if self._barged_in_this_turn or self.state not in (State.THINKING, State.SPEAKING):
+            return
+        if self._failing_over:  # talking over the apology must not keep them with a broken bot
             return
         if voiced_ms < self._policy.barge_in_min_ms:
             return
@@ -253,8 +256,12 @@ class CallSession:
     async def _after(
         self, stopping: asyncio.Task[None] | None, work: Coroutine[Any, Any, None]
     ) -> None:
-        if stopping is not None:
-            await asyncio.shield(stopping)
+        try:
+            if stopping is not None:
+                await asyncio.wait({stopping})  # however the stop ended, the next words follow
+        except BaseException:
+            work.close()  # cancelled before it began
+            raise
         with contextlib.suppress(Refused):  # the call moved on: nothing more to say
             await work
 
@@ -266,7 +273,10 @@ class CallSession:
         except LLMError as exc:
             await self._fail_over("llm", str(exc))
             return
-        except Exception as exc:  # no dead air whatever broke (media folder, event socket...)
+        except SpeechFailed as exc:  # TTS, the media folder, FreeSWITCH refusing to play
+            await self._fail_over(exc.kind, str(exc))
+            return
+        except Exception as exc:  # no dead air whatever else broke
             await self._fail_over("reply", f"{type(exc).__name__}: {exc}")
             return
         await self._responder.wait_played()
@@ -274,13 +284,14 @@ class CallSession:
         self._machine.fire(Trigger.REPLY_DONE)
 
     async def _speak_prompt(self, text: str, kind: str) -> None:
+        """The greeting: if it cannot be said, the caller would wait in silence; fail over."""
         try:
             await self._responder.speak_prompt(text, self.language)
         except Refused:
             raise
         except Exception as exc:
-            log.error("call %s: %s failed: %s", self.call_id, kind, exc)
-            self._error(kind, str(exc))
+            await self._fail_over(kind, str(exc))
+            return
         await self._responder.wait_played()
         self._said(text, interrupted=False)
         self._machine.fire(Trigger.REPLY_DONE)
@@ -317,7 +328,7 @@ class CallSession:
         timing: TurnTiming | None,
     ) -> None:
         if previous is not None:
-            await asyncio.shield(previous)
+            await asyncio.wait({previous})
         was_replying = reply is not None and not reply.done()
         if reply is not None:
             reply.cancel()  # it stops at its next await; the state table refuses its audio
@@ -363,8 +374,8 @@ class CallSession:
     async def _start_recording(self) -> None:
         # FreeSWITCH writes the file: the media folder has the same path on both sides.
         path = (self._policy.media_dir / "recordings" / f"{self.call_id}.wav").resolve()
-        path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             await self._line.record(str(path))
         except Exception as exc:
             log.warning("call %s: recording did not start: %s", self.call_id, exc)
@@ -375,25 +386,43 @@ class CallSession:
     # -- failures, transfer, hang-up ----------------------------------------------------------
 
     async def _fail_over(self, kind: str, message: str) -> None:
-        """No dead air: apologise, then hand the caller to a person or end politely."""
-        log.error("call %s: %s failed: %s", self.call_id, kind, message)
+        """No dead air: apologise, then hand the caller to a person or end politely.
+
+        Each step that fails is logged and the next one still runs: the call never stays in
+        `thinking` or `speaking` with nobody talking.
+        """
+        number = self._policy.fallback_number
+        then = f"transferring to {number}" if number else "hanging up"
+        log.error("call %s: %s failed: %s; apologising, then %s", self.call_id, kind, message, then)
         self._error(kind, message)
         if not self._machine.fire(Trigger.APOLOGISE):
-            return
+            return  # transferred or ended meanwhile: nothing left to hand over
+        self._failing_over = True
+        try:
+            await self._apologise()
+            if number and await self.transfer(number, reason=f"{kind} failed"):
+                return
+            if self.state in (State.TRANSFERRED, State.ENDED):
+                return  # handed on or ended meanwhile (the operator, the caller)
+            self._error("ended_by_bot", f"{kind} failed")
+            await self.hangup("NORMAL_CLEARING")
+        except CallNotReady as exc:
+            log.error("call %s: could not end the call either (%s); listening", self.call_id, exc)
+            self._machine.fire(Trigger.REPLY_DONE)  # the bot is silent: the caller has the floor
+        finally:
+            self._failing_over = False
+
+    async def _apologise(self) -> None:
+        """The apology from the prompt cache; when it cannot be played, the hand-over still runs."""
         try:
             await self._responder.speak_prompt(self._policy.apology, self.language)
             await self._responder.wait_played()
         except Refused:
             raise
         except Exception as exc:
-            log.error("call %s: could not apologise: %s", self.call_id, exc)
+            log.error("call %s: the apology could not be played either: %s", self.call_id, exc)
+            self._error("apology", str(exc))
         self._said(self._policy.apology, interrupted=False, timing=self._reply_timing)
-        if self._policy.fallback_number:
-            await self.transfer(self._policy.fallback_number, reason=f"{kind} failed")
-            return
-        self._error("ended_by_bot", f"{kind} failed")
-        with contextlib.suppress(CallNotReady):
-            await self.hangup("NORMAL_CLEARING")
 
     async def transfer(self, number: str, *, reason: str) -> bool:
         """Bridge the caller to `number`; the bot goes quiet first. False if refused or failed."""
