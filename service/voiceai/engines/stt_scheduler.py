@@ -79,9 +79,9 @@ class TranscriptionScheduler:
 
     @property
     def saturated(self) -> bool:
-        """Every worker has a turn's transcription waiting for it: judging pauses early would
-        only add work that delays the turns already over."""
-        return self.waiting(Priority.FINAL) + self.waiting(Priority.EARLY) >= self.workers
+        """Every worker has a finished turn's transcription waiting for it: judging pauses early
+        would only add work that delays the turns already over."""
+        return self.waiting(Priority.FINAL) >= self.workers
 
     def start(self) -> None:
         if not self._runners:
