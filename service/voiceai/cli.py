@@ -47,8 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     if args.command == "check-config":
+        from voiceai.logs import escape_controls
+
         for name, value in settings.masked().items():
-            print(f"{name}={value}")
+            print(f"{name}={escape_controls(value)}")  # a multi-line prompt stays one line
         return 0
     if args.command == "serve":
         return serve(settings)
@@ -60,10 +62,17 @@ def main(argv: list[str] | None = None) -> int:
 def serve(settings: Settings) -> int:
     import uvicorn
 
+    from voiceai.api.guards import http_server_options
     from voiceai.app import create_app
     from voiceai.logs import configure_logging
+    from voiceai.preflight import check_startup
 
     configure_logging(settings.log_level, settings.secret_values())
+    try:  # before any model loads: one line naming the setting, not the app's traceback
+        check_startup(settings)
+    except SettingsError as exc:
+        log.error("%s", exc)
+        return 2
     host = settings.host
     if not settings.api_token.get_secret_value() and not _is_loopback(host):
         log.warning("no VOICEAI_API_TOKEN set: listening on 127.0.0.1 only, not %s", host)
@@ -77,6 +86,7 @@ def serve(settings: Settings) -> int:
             log_config=None,
             ws_max_size=1024 * 1024,  # the fork endpoint refuses frames over 64 KiB anyway
             ws_ping_interval=None,  # mod_audio_fork does not answer pings reliably
+            **http_server_options(),  # bounded, timed request heads
         )
     except SettingsError as exc:
         log.error("%s", exc)

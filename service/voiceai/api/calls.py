@@ -22,7 +22,10 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/calls", tags=["calls"], dependencies=[Depends(require_token)])
 
 E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
-DESTINATION = re.compile(r"^(\+?[0-9]{2,15}|[0-9*#]{1,10})$")  # a number or an extension
+# A number or an extension: what the dialplan's fallback bridges to the gateway (and what
+# commands.transfer sends); `*98`-style codes would only fail at FreeSWITCH.
+DESTINATION = re.compile(r"\+?[0-9]{2,20}")
+MAX_OFFSET = 1_000_000_000  # the database's integers end somewhere: refuse before, with a 422
 ORIGINATE_TIMEOUT_S = 60.0
 
 
@@ -47,8 +50,10 @@ class Transfer(BaseModel):
     @classmethod
     def _destination(cls, value: str) -> str:
         value = value.strip()
-        if not DESTINATION.match(value):
-            raise ValueError("must be a phone number (+ and digits) or an extension (digits)")
+        if not DESTINATION.fullmatch(value):
+            raise ValueError(
+                "must be a phone number (+ and 2-20 digits) or an extension (2-20 digits)"
+            )
         return value
 
 
@@ -61,7 +66,7 @@ async def list_calls(
     request: Request,
     status: Literal["dialing", "active", "ended", "failed"] | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> dict[str, Any]:
     """Active and recent calls, newest first."""
     records, total = await services(request).store.list_calls(status, limit, offset)
@@ -177,7 +182,8 @@ async def hangup(call_id: str, request: Request) -> dict[str, str]:
 async def transfer(call_id: str, body: Transfer, request: Request) -> dict[str, str]:
     call = await _active_or_ended(request, call_id)
     _require_esl(services(request))
-    if call.transferred_to is not None:
+    # Also while a transfer is under way (state first, `transferred_to` once FreeSWITCH agreed).
+    if call.transferred_to is not None or str(call.state) == "transferred":
         raise HTTPException(409, f"call {call_id!r} was already transferred")
     if not await call.transfer(body.to, reason="operator"):
         raise HTTPException(502, "FreeSWITCH did not transfer the call (see the call's errors)")

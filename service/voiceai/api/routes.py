@@ -17,17 +17,21 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
-    """Ready when calls can be answered: engines loaded and FreeSWITCH's event socket up."""
+    """Ready when calls can be answered and recorded: engines loaded, FreeSWITCH's event
+    socket up, the call records writable."""
     svc = services(request)
     if not svc.settings.public_readyz:
         require_token(request)
     esl = svc.esl
     esl_state = "disabled" if esl is None else esl.state
     ready = esl is None or esl.connected
+    ready = ready and svc.store.healthy  # calls unrecorded would be lost: not ready
     body = {
         "status": "ready" if ready else "not ready",
         "esl": esl_state,
         "esl_error": None if esl is None else esl.last_error,
+        "database": "ok" if svc.store.healthy else "cannot write",
+        "database_error": svc.store.last_error,
         "llm": svc.engines.llm.name if svc.engines.llm else None,
         "active_calls": len(svc.calls),
     }

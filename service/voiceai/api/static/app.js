@@ -163,9 +163,10 @@
     const headers = { Accept: "application/json" };
     if (token) headers.Authorization = `Bearer ${token}`;
     const init = { method, headers, cache: "no-store" };
-    if (body !== undefined) {
+    if (body !== undefined || method !== "GET") {
+      // JSON even without a body: the service refuses other changes as cross-site forms.
       headers["Content-Type"] = "application/json";
-      init.body = JSON.stringify(body);
+      init.body = JSON.stringify(body ?? {});
     }
     let response;
     try {
