@@ -7,12 +7,14 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable
+from functools import partial
 
 import numpy as np
 from fastapi import FastAPI
 
 from voiceai import __version__, events
-from voiceai.api import calls, fork, live, routes, viewer
+from voiceai.agents import AgentsReloader, load_configured_agents
+from voiceai.api import calls, fork, guards, live, routes, viewer
 from voiceai.api.deps import Services
 from voiceai.audio.turns import TurnConfig
 from voiceai.audio.vad import SileroModel, VadError
@@ -49,16 +51,24 @@ ESL_CUSTOM = (
 
 
 async def load_stt(settings: Settings) -> SpeechToText:
+    workers, threads = settings.stt_concurrency()
     stt = await asyncio.to_thread(
         WhisperSTT,
         settings.stt_model,
         device=settings.stt_device,
         compute_type=settings.stt_compute_type,
-        workers=settings.stt_workers,
+        workers=workers,
+        threads=threads,
         timeout_s=settings.stt_timeout_s,
         no_speech_threshold=settings.stt_no_speech_threshold,
     )
-    log.info("STT model %s loaded (multilingual: %s)", stt.model_name, stt.multilingual)
+    log.info(
+        "STT model %s loaded (multilingual: %s; %d at once, %d CPU threads each)",
+        stt.model_name,
+        stt.multilingual,
+        workers,
+        threads,
+    )
     if settings.stt_language == "ru" and not stt.multilingual:
         log.warning("STT model is English-only; Russian needs a multilingual VOICEAI_STT_MODEL")
     return stt
@@ -155,6 +165,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.media_dir.mkdir(parents=True, exist_ok=True)
+        agents = await asyncio.to_thread(load_configured_agents, settings)  # a bad file: no start
         store = CallStore(settings.database_url)
         bus = EventBus()
         calls = CallRegistry()
@@ -168,16 +179,19 @@ def create_app(
         prompts = PromptCache(tts_engine, settings.media_dir / "prompts")
         await warm_up_models(settings, stt_engine, tts_engine, prompts, turn_model)
         control = EslCallControl(esl) if esl is not None else None
-        transcriber = TranscriptionScheduler(stt_engine, workers=settings.stt_workers)
+        transcriber = TranscriptionScheduler(stt_engine, workers=settings.stt_concurrency()[0])
         engines = Engines(
             transcriber, llm_engine, tts_engine, control, prompts, bus, vad, turn_model
         )
         metrics = Metrics()
         metrics.watch_stt(transcriber)
+        metrics.watch_store(store)
         watching_loop = asyncio.create_task(metrics.watch_loop(), name="loop-lag")
         app.state.services = Services(
-            settings, bus, store, engines, esl, call_policy(settings), calls, metrics
+            settings, bus, store, engines, esl, call_policy(settings), calls, metrics, agents
         )
+        reloader = AgentsReloader(settings, partial(setattr, app.state.services, "agents"))
+        reloader.install(asyncio.get_running_loop())
         recorder = asyncio.create_task(record_events(bus, store), name="recorder")
         counting = asyncio.create_task(metrics.consume(bus), name="metrics")
         pruner = asyncio.create_task(_prune_records(store, settings.retention_days))
@@ -186,6 +200,7 @@ def create_app(
         try:
             yield
         finally:
+            reloader.uninstall(asyncio.get_running_loop())
             for call in calls.all():
                 await call.abort("service stopped")
             llm_warming.cancel()
@@ -208,6 +223,7 @@ def create_app(
                 turn_model.close()
 
     app = FastAPI(title="voiceai", version=__version__, lifespan=lifespan)
+    guards.install(app, settings)
     app.include_router(routes.router)
     app.include_router(calls.router)
     app.include_router(fork.router)
@@ -256,6 +272,7 @@ def _event_socket(settings: Settings, calls: CallRegistry, bus: EventBus) -> Esl
         events=ESL_EVENTS,
         custom=ESL_CUSTOM,
         reconnect_max_s=3.0,  # a restarted FreeSWITCH is back in seconds; callers can't wait
+        heartbeat_s=settings.esl_heartbeat_s,
     )
 
     async def route(event: EslEvent) -> None:

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import base64
 import os
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 CALLS_PER_CORE = 2  # bench/capacity.py, tiny.en, 2 cores: 3 calls held (p95 1.3 s), 5 did not
 ENV_PREFIX = "VOICEAI_"
+
+
+def available_cores() -> int:
+    """The cores this process may run on (a container's CPU set, not the host's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 class Settings(BaseSettings):
@@ -24,12 +31,26 @@ class Settings(BaseSettings):
     api_token: SecretStr = Field(
         SecretStr(""), description="Bearer token required on /api and /ws/live; empty = none."
     )
+    allowed_hosts: str = Field(
+        "",
+        description="Host names the service answers to besides IP addresses, localhost and this "
+        "machine's names (comma list, `*.example.com`; `*` = any).",
+    )
+    max_body_bytes: int = Field(
+        64 * 1024,
+        ge=1024,
+        le=64 * 1024 * 1024,
+        description="Largest request body; a larger one gets 413 before it is read.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     # FreeSWITCH
     esl_host: str = Field("127.0.0.1", description="FreeSWITCH event socket host.")
     esl_port: int = Field(8021, ge=1, le=65535, description="FreeSWITCH event socket port.")
     esl_password: SecretStr = Field(SecretStr(""), description="FreeSWITCH event socket password.")
+    esl_heartbeat_s: float = Field(
+        5.0, ge=0.1, le=60, description="`api status` this often; no answer within it = down."
+    )
     fork_user: str = Field("", description="Basic-auth user mod_audio_fork must present.")
     fork_password: SecretStr = Field(
         SecretStr(""), description="Basic-auth password for the fork socket; empty = no auth."
@@ -48,7 +69,8 @@ class Settings(BaseSettings):
     stt_language: Literal["en", "ru", "auto"] = Field(
         "auto", description="Language callers speak; auto detects per turn (multilingual model)."
     )
-    stt_workers: int = Field(2, ge=1, le=16, description="Transcriptions run at once.")
+    stt_workers: int = Field(0, ge=0, le=16, description="Transcriptions at once; 0 = a core each.")
+    stt_threads: int = Field(0, ge=0, le=64, description="CPU threads a transcription; 0 = auto.")
     stt_timeout_s: float = Field(30.0, gt=0, description="Longest a transcription may take.")
     stt_no_speech_threshold: float = Field(
         0.6, ge=0, le=1, description="Segments Whisper rates more likely silence are dropped."
@@ -133,6 +155,25 @@ class Settings(BaseSettings):
         description="DTMF digit that transfers to a person; empty = off.",
     )
 
+    # Tools and agents (service/voiceai/tools, service/voiceai/agents.py)
+    tools_file: Path | None = Field(
+        None, description="YAML file declaring webhook tools the model may call; empty = none."
+    )
+    agents_file: Path | None = Field(
+        None,
+        description="YAML file mapping dialled numbers to their prompt, greeting, voice, tools; "
+        "empty = these settings for every call.",
+    )
+    tool_timeout_s: float = Field(
+        5.0, gt=0, le=60, description="Longest a webhook tool may take (unless it sets its own)."
+    )
+    tool_filler_ms: int = Field(
+        700, ge=0, le=10000, description="A tool slower than this gets a short filler line."
+    )
+    max_tool_rounds: int = Field(
+        3, ge=1, le=10, description="Tool calls the model may make, one after another, in a turn."
+    )
+
     # Speech synthesis
     tts: Literal["edge", "piper", "espeak", "auto"] = Field(
         "auto", description="First TTS engine tried; the offline ones follow it as fallbacks."
@@ -211,7 +252,14 @@ class Settings(BaseSettings):
 
     def call_limit(self) -> int:
         """VOICEAI_MAX_CALLS, or what this machine's cores hold (bench/capacity.py)."""
-        return self.max_calls or CALLS_PER_CORE * (os.cpu_count() or 1)
+        return self.max_calls or CALLS_PER_CORE * available_cores()
+
+    def stt_concurrency(self) -> tuple[int, int]:
+        """(transcriptions at once, CPU threads each): by default one a core, one thread each,
+        which transcribes the most turns a second (a 2-core box: 3.0 clips/s against 2.7 with
+        two threads each); a single transcription is ~15 % slower than on two threads."""
+        workers = self.stt_workers or available_cores()
+        return workers, self.stt_threads or max(1, available_cores() // workers)
 
     def fork_base_url(self) -> str:
         return (self.fork_url or f"ws://127.0.0.1:{self.port}").rstrip("/")
@@ -222,6 +270,11 @@ class Settings(BaseSettings):
             return self.system_prompt_file.read_text(encoding="utf-8").strip()
         return self.system_prompt
 
+    @field_validator("tools_file", "agents_file", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("system_prompt_file")
     @classmethod
     def _prompt_file_readable(cls, value: Path | None) -> Path | None:
@@ -229,22 +282,96 @@ class Settings(BaseSettings):
             raise ValueError(f"no such file: {value}")
         return value
 
+    @field_validator("api_token", "esl_password", "fork_password")
+    @classmethod
+    def _secret_one_line(cls, value: SecretStr) -> SecretStr:
+        # A newline would end the ESL `auth` command early, and a header value cannot hold one.
+        if any(ch < " " or ch == "\x7f" for ch in value.get_secret_value()):
+            raise ValueError("must be one line without control characters (a trailing newline?)")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url_parses(cls, value: str) -> str:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+        try:
+            make_url(value).get_dialect()
+        except NoSuchModuleError:  # a subclass of ArgumentError
+            raise ValueError(f"unknown database kind; use e.g. {DATABASE_URL_EXAMPLES}") from None
+        except ArgumentError:
+            raise ValueError(f"not a database URL; use e.g. {DATABASE_URL_EXAMPLES}") from None
+        return value
+
     def secret_values(self) -> list[str]:
-        """Every secret that is set, so logs and errors can be scrubbed of them."""
-        secrets = (self.api_token, self.esl_password, self.fork_password)
-        return [s.get_secret_value() for s in secrets if s.get_secret_value()]
+        """Every secret that is set, in each form it travels in, so logs and errors can be
+        scrubbed of them: the tokens and passwords, the passwords inside URLs, and the fork's
+        basic-auth credential."""
+        secrets = [s.get_secret_value() for s in (self.api_token, self.esl_password)]
+        fork_password = self.fork_password.get_secret_value()
+        if fork_password:
+            credential = f"{self.fork_user}:{fork_password}".encode()
+            secrets += [fork_password, base64.b64encode(credential).decode()]
+        secrets.append(_database_password(self.database_url))
+        secrets += [_url_password(url) for url in (self.ollama_url, self.fork_url)]
+        return [s for s in secrets if s]
 
     def masked(self) -> dict[str, str]:
-        """The effective settings as `VOICEAI_NAME -> value`, secrets masked."""
+        """The effective settings as `VOICEAI_NAME -> value`, secrets masked (passwords inside
+        URLs too)."""
+        from voiceai.logs import SecretScrubber
+
+        credentials_only = SecretScrubber([])  # ?token=, ?password=... in any URL
         shown: dict[str, str] = {}
         for name in type(self).model_fields:
             value = getattr(self, name)
             if isinstance(value, SecretStr):
                 text = "********" if value.get_secret_value() else "(not set)"
+            elif name == "database_url":
+                text = credentials_only.scrub(_hide_database_password(value))
             else:
-                text = str(value)
+                text = credentials_only.scrub(hide_url_password(str(value)))
             shown[ENV_PREFIX + name.upper()] = text
         return shown
+
+
+DATABASE_URL_EXAMPLES = "sqlite:///data/voiceai.db or postgresql+psycopg://user:password@host/db"
+
+
+def _database_password(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return str(make_url(url).password or "")
+
+
+def _hide_database_password(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _url_password(url: str) -> str:
+    try:
+        return urlsplit(url).password or ""
+    except ValueError:  # not a URL: it holds no password
+        return ""
+
+
+def hide_url_password(text: str) -> str:
+    """`text` with the password of a URL (scheme://user:password@host) as ***; else as is."""
+    if "://" not in text:
+        return text
+    try:
+        parts = urlsplit(text)
+        password = parts.password
+    except ValueError:  # not a URL after all
+        return text
+    if password is None:
+        return text
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 class SettingsError(Exception):
@@ -262,6 +389,8 @@ def describe_validation_error(exc: ValidationError) -> str:
     lines = []
     for error in exc.errors():
         name = ENV_PREFIX + str(error["loc"][0]).upper() if error["loc"] else "settings"
-        shown = "" if "PASSWORD" in name or "TOKEN" in name else f" (got {error.get('input')!r})"
+        # A secret, or a URL that may hold one, is never echoed back.
+        hidden = "PASSWORD" in name or "TOKEN" in name or name.endswith("_URL")
+        shown = "" if hidden else f" (got {error.get('input')!r})"
         lines.append(f"invalid setting {name}: {error['msg']}{shown}")
     return "; ".join(lines)

@@ -18,6 +18,7 @@ def check_startup(settings: Settings) -> None:
     check_media_dir(settings.media_dir)
     check_database(settings.database_url)
     check_stt_model(settings.stt_model)
+    check_agents(settings)
 
 
 def check_media_dir(path: Path) -> None:
@@ -107,6 +108,13 @@ def check_stt_model(name: str) -> None:
                 f"invalid setting VOICEAI_STT_MODEL: {resolved!r} is not downloaded and "
                 f"HF_HUB_OFFLINE is set; download it first, or {fix}"
             ) from None
+
+
+def check_agents(settings: Settings) -> None:
+    """VOICEAI_TOOLS_FILE and VOICEAI_AGENTS_FILE load: their errors name the file and entry."""
+    from voiceai.agents import load_configured_agents
+
+    load_configured_agents(settings)  # ToolsFileError, AgentsFileError: SettingsErrors
 
 
 def _within(seconds: float, work: Callable[[], None]) -> None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from fastapi import HTTPException, Request, WebSocket, status
 
+from voiceai.agents import Agents
 from voiceai.config import Settings
 from voiceai.conversation.registry import CallRegistry
 from voiceai.conversation.session import CallPolicy, Engines
@@ -29,6 +30,7 @@ class Services:
     policy: CallPolicy
     calls: CallRegistry
     metrics: Metrics
+    agents: Agents  # by dialled number; SIGHUP replaces it, calls keep the agent they took
     # Outbound calls being dialled: their prompt/greeting overrides, by call id.
     overrides: dict[str, CallPolicy] = field(default_factory=dict)
     background: set[asyncio.Task[None]] = field(default_factory=set)  # e.g. calls being dialled

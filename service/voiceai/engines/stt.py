@@ -64,6 +64,7 @@ class WhisperSTT:
         device: str = "cpu",
         compute_type: str = "int8",
         workers: int = 2,
+        threads: int = 0,  # CPU threads a transcription; 0: CTranslate2's default
         timeout_s: float = 30.0,
         no_speech_threshold: float = 0.6,
     ) -> None:
@@ -72,7 +73,11 @@ class WhisperSTT:
         resolved = resolve_model(model)
         try:
             self._model = WhisperModel(
-                resolved, device=device, compute_type=compute_type, num_workers=workers
+                resolved,
+                device=device,
+                compute_type=compute_type,
+                cpu_threads=threads,
+                num_workers=workers,
             )
         except Exception as exc:  # the hub or the path is missing: say which
             local = Path(resolved).exists()
