@@ -276,3 +276,12 @@ def test_serve_without_a_token_listens_on_loopback_only_and_says_so(tmp_path: Pa
     assert "no VOICEAI_API_TOKEN set: listening on 127.0.0.1 only" in stderr
     local_addresses = {line.split()[3] for line in listening.splitlines()}
     assert local_addresses == {f"127.0.0.1:{port}"}
+
+
+def test_speech_recognition_uses_a_worker_a_core_with_one_thread_each_by_default() -> None:
+    from voiceai.config import Settings, available_cores
+
+    cores = available_cores()
+    assert Settings().stt_concurrency() == (cores, 1)
+    assert Settings(stt_workers=1).stt_concurrency() == (1, cores)
+    assert Settings(stt_workers=3, stt_threads=2).stt_concurrency() == (3, 2)
