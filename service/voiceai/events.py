@@ -136,7 +136,9 @@ class ForkText(BaseEvent):
 
 class CallError(BaseEvent):
     type: Literal["call.error"] = "call.error"
-    kind: str = Field(description="stt, llm, tts, playback, transfer, esl, greeting, …")
+    kind: str = Field(
+        description="stt, llm, tts, media, playback, reply, apology, transfer, esl, greeting, recording, tool, …"
+    )
     message: str
 
 
@@ -151,6 +153,26 @@ class CallTransferred(BaseEvent):
     type: Literal["call.transferred"] = "call.transferred"
     to: str
     reason: str
+
+
+class ToolCalled(BaseEvent):
+    """The model used a tool during a reply: what it asked, what came back, how long it took."""
+
+    type: Literal["tool.called"] = "tool.called"
+    name: str
+    arguments: dict[str, Any]
+    result: str = Field(description="what the model was told: the answer, or why it failed")
+    ok: bool
+    duration_ms: int
+
+
+class MessageTaken(BaseEvent):
+    """A message for the business, taken by the `take_message` tool (listed by /api/messages)."""
+
+    type: Literal["message.taken"] = "message.taken"
+    name: str
+    callback_number: str
+    message: str
 
 
 class ReplyDelta(BaseEvent):
@@ -251,6 +273,8 @@ EVENT_TYPES: tuple[type[BaseEvent], ...] = (
     CallError,
     CallHangup,
     CallTransferred,
+    ToolCalled,
+    MessageTaken,
     ReplyDelta,
     BotSaid,
     BargeIn,
@@ -275,6 +299,8 @@ Event = Annotated[
     | CallError
     | CallHangup
     | CallTransferred
+    | ToolCalled
+    | MessageTaken
     | ReplyDelta
     | BotSaid
     | BargeIn
@@ -306,6 +332,8 @@ FORK_TEXT = type_of(ForkText)
 CALL_ERROR = type_of(CallError)
 CALL_HANGUP = type_of(CallHangup)
 CALL_TRANSFERRED = type_of(CallTransferred)
+TOOL_CALLED = type_of(ToolCalled)
+MESSAGE_TAKEN = type_of(MessageTaken)
 REPLY_DELTA = type_of(ReplyDelta)
 BOT_SAID = type_of(BotSaid)
 BARGE_IN = type_of(BargeIn)
