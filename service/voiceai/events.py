@@ -137,7 +137,8 @@ class ForkText(BaseEvent):
 class CallError(BaseEvent):
     type: Literal["call.error"] = "call.error"
     kind: str = Field(
-        description="stt, llm, tts, media, playback, reply, apology, transfer, esl, greeting, recording, tool, …"
+        description="stt, llm, tts, media, playback, reply, apology, transfer, esl, greeting, "
+        "recording, tool, …"
     )
     message: str
 
