@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import wave
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from voiceai.audio.turns import TurnConfig
 from voiceai.conversation.registry import CallRegistry
 from voiceai.conversation.session import CallPolicy, CallSession, Engines
-from voiceai.engines.llm import LLMError
+from voiceai.engines.llm import LLMError, ToolCall, ToolSpec
 from voiceai.engines.stt import STTError, Transcript
 from voiceai.engines.stt_scheduler import TranscriptionScheduler
 from voiceai.engines.tts import SpokenAudio, TTSError
@@ -31,6 +32,7 @@ from voiceai.telephony.esl import EslEvent
 
 RATE = 8000
 CHANNEL_RATE = 8000  # PCMU: PLAYBACK_STOP offsets count 8 kHz samples
+ESL_TIMEOUT_S = 5.0  # how long the service waits for FreeSWITCH to answer a command
 
 
 class FakeSTT:
@@ -58,30 +60,54 @@ class FakeSTT:
         pass
 
 
+# A scripted reply: text, one tool call, or text and tool calls in the order the model makes them.
+FakeReply = str | ToolCall | list[str | ToolCall]
+
+
 @dataclass
 class FakeLLM:
-    """Replies with the next of `replies`, a word at a time, `token_s` apart."""
+    """Replies with the next of `replies`, a word at a time, `token_s` apart.
 
-    replies: list[str] = field(default_factory=lambda: ["Sure, I can help with that booking."])
+    A reply may hold ToolCall items; they are yielded (a `token_s` step each) only when the
+    request offered tools, since a model cannot call tools it was not given.
+    """
+
+    replies: list[FakeReply] = field(
+        default_factory=lambda: ["Sure, I can help with that booking."]
+    )
     first_token_s: float = 0.1
     token_s: float = 0.02
     fail: str | None = None  # raise LLMError with this message instead of answering
     name: str = "fake-llm"
-    requests: list[list[dict[str, str]]] = field(default_factory=list)
+    supports_tools: bool = True
+    requests: list[list[dict[str, Any]]] = field(default_factory=list)
+    tools_offered: list[list[ToolSpec]] = field(default_factory=list)  # one list per request
     closed: int = 0  # streams closed before their end (generation stopped)
 
-    async def stream_reply(self, messages: list[dict[str, str]]) -> AsyncIterator[str]:
+    async def stream_reply(
+        self, messages: list[dict[str, Any]], tools: Sequence[ToolSpec] = ()
+    ) -> AsyncIterator[str | ToolCall]:
         self.requests.append([dict(m) for m in messages])
+        self.tools_offered.append(list(tools))
         reply = self.replies[min(len(self.requests), len(self.replies)) - 1]
         finished = False
         try:
             await asyncio.sleep(self.first_token_s)
             if self.fail is not None:
                 raise LLMError(self.fail)
-            for i, word in enumerate(reply.split(" ")):
-                if i:
-                    await asyncio.sleep(self.token_s)
-                yield word if i == 0 else " " + word
+            first = True
+            for item in reply if isinstance(reply, list) else [reply]:
+                if isinstance(item, ToolCall):
+                    if not tools:
+                        continue
+                    steps: list[str | ToolCall] = [item]
+                else:
+                    steps = [w if i == 0 else " " + w for i, w in enumerate(item.split(" "))]
+                for step in steps:
+                    if not first:
+                        await asyncio.sleep(self.token_s)
+                    first = False
+                    yield step
             finished = True
         finally:
             if not finished:
@@ -133,6 +159,9 @@ class FakeSwitch:
         self.commands: list[Command] = []
         self.violations: list[str] = []  # what a caller would have heard that they must not
         self.refuse_transfer = False
+        self.refuse_hangup = False
+        self.unanswered_plays: set[int] = set()  # these play commands (1st, 2nd...) time out
+        self._plays = 0
         self._queues: dict[str, list[str]] = {}
         self._playing: dict[str, tuple[str, float, asyncio.TimerHandle]] = {}
         self._gone: dict[str, str] = {}  # uuid → "transferred" | "hung up"
@@ -152,6 +181,11 @@ class FakeSwitch:
 
     async def play(self, uuid: str, path: str) -> None:
         self._alive()
+        self._plays += 1
+        if self._plays in self.unanswered_plays:  # FreeSWITCH busy: the request times out
+            self._log("play_unanswered", path)
+            await asyncio.sleep(ESL_TIMEOUT_S)
+            raise TimeoutError(f"FreeSWITCH did not answer `sendmsg` within {ESL_TIMEOUT_S:g} s")
         self._log("play", path)
         if uuid in self._gone:
             self.violations.append(
@@ -211,6 +245,8 @@ class FakeSwitch:
     async def hangup(self, uuid: str, cause: str) -> None:
         self._alive()
         self._log("hangup", cause)
+        if self.refuse_hangup:
+            raise ConnectionError("-ERR NO_SUCH_CHANNEL")
         self.caller_hangs_up(uuid, cause)
 
     def caller_hangs_up(self, uuid: str, cause: str = "NORMAL_CLEARING") -> None:
@@ -264,6 +300,7 @@ class CoreCall:
         transfer_digit: str = "0",
         end_of_turn_ms: int = 600,
         call_id: str = "call-1",
+        record_calls: bool = False,
     ) -> None:
         self.bus = EventBus()
         self.events: list[BaseEvent] = []
@@ -274,12 +311,13 @@ class CoreCall:
         self.llm = llm or FakeLLM()
         self.tts = FakeTTS()
         self.media = folder / "media"
+        self.prompts = folder / "prompts"
         engines = Engines(
             TranscriptionScheduler(self.stt, workers=1),
             self.llm,
             self.tts,
             self.switch,
-            PromptCache(self.tts, folder / "prompts"),
+            PromptCache(self.tts, self.prompts),
             self.bus,
         )
         policy = CallPolicy(
@@ -290,6 +328,7 @@ class CoreCall:
             transfer_digit=transfer_digit,
             media_dir=self.media,
             partial_transcripts=False,
+            record_calls=record_calls,
         )
         self.session = CallSession(
             call_id, rate=RATE, channels=1, language="en", engines=engines, policy=policy

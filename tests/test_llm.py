@@ -4,6 +4,7 @@ the real SmolLM2 GGUF, and build_llm's choice between them."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
 import time
@@ -11,6 +12,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import aclosing
 from typing import Any
 
+import httpx
 import pytest
 
 from voiceai.config import Settings
@@ -21,10 +23,14 @@ from voiceai.engines.llm import (
     LLMError,
     Message,
     OllamaLLM,
+    ToolCall,
+    ToolSpec,
     build_llm,
+    parse_arguments,
     probe_ollama,
+    tools_warning,
 )
-from voiceai.sim.ollama_server import OllamaEmulator, split_pieces
+from voiceai.sim.ollama_server import OllamaEmulator, split_pieces, tool_call
 
 MODEL = "llama3.2:3b"
 REPLY = "Our office opens at nine in the morning, and we close at five. Anything else?"
@@ -36,6 +42,31 @@ QUESTION: list[Message] = [
 ]
 STORY: list[Message] = [  # SmolLM2 reliably writes until max_tokens on this one
     {"role": "user", "content": "Write a long story about a cat who works as a receptionist."}
+]
+
+
+def function_tool(name: str, description: str, /, **params: str) -> ToolSpec:
+    """A tool spec in Ollama's shape, with string parameters (all required)."""
+    properties = {key: {"type": "string", "description": text} for key, text in params.items()}
+    return {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": description,
+            "parameters": {"type": "object", "required": list(params), "properties": properties},
+        },
+    }
+
+
+TOOLS: list[ToolSpec] = [
+    function_tool("transfer_to_person", "Put the caller through to a person.", reason="Why."),
+    function_tool(
+        "take_message",
+        "Take a message.",
+        name="Who it is for.",
+        callback_number="Number to call back.",
+        message="The message.",
+    ),
 ]
 
 
@@ -58,9 +89,12 @@ def ollama_llm(url: str, **overrides: object) -> OllamaLLM:
     return OllamaLLM(url, MODEL, **args)  # type: ignore[arg-type]
 
 
-async def collect(llm: LanguageModel, messages: list[Message]) -> list[str]:
+async def collect(
+    llm: LanguageModel, messages: list[Message], tools: list[ToolSpec] | None = None
+) -> list[Any]:
+    """Everything the stream yields (text pieces and ToolCall items), then closes the engine."""
     try:
-        async with aclosing(llm.stream_reply(messages)) as stream:
+        async with aclosing(llm.stream_reply(messages, tools or ())) as stream:
             return [piece async for piece in stream]
     finally:
         await llm.aclose()
@@ -269,6 +303,197 @@ def test_probe_ollama_answers_only_for_a_live_server(ollama: OllamaEmulator) -> 
         assert time.perf_counter() - started < 1.0
 
 
+# --- Ollama tool calling --------------------------------------------------------------------
+
+
+def test_ollama_streamed_tool_call_comes_out_as_a_tool_call(ollama: OllamaEmulator) -> None:
+    ollama.reply = lambda messages: tool_call("transfer_to_person", reason="asked for a person")
+
+    items = asyncio.run(collect(ollama_llm(ollama.url), QUESTION, TOOLS))
+
+    assert items == [ToolCall("transfer_to_person", {"reason": "asked for a person"})]
+    [request] = ollama.requests
+    assert request.tools == TOOLS  # the client passed the specs through unchanged
+    assert request.outcome == "done"
+
+
+def test_ollama_text_then_tool_calls_come_out_in_order(ollama: OllamaEmulator) -> None:
+    ollama.reply = lambda messages: [
+        "Let me take a message for John.",
+        tool_call("take_message", name="John", callback_number="555 0100", message="Call back"),
+        tool_call("transfer_to_person", {"reason": "urgent"}),
+    ]
+
+    items = asyncio.run(collect(ollama_llm(ollama.url), QUESTION, TOOLS))
+
+    text = [item for item in items if isinstance(item, str)]
+    assert "".join(text) == "Let me take a message for John."
+    assert items[len(text) :] == [
+        ToolCall(
+            "take_message", {"name": "John", "callback_number": "555 0100", "message": "Call back"}
+        ),
+        ToolCall("transfer_to_person", {"reason": "urgent"}),
+    ]
+
+
+def test_ollama_tool_result_goes_back_in_the_next_request(ollama: OllamaEmulator) -> None:
+    def reply(messages: list[dict[str, Any]]) -> str:
+        last = messages[-1]
+        return f"{last['content']} Anything else?" if last["role"] == "tool" else "Hm."
+
+    ollama.reply = reply
+    arguments = {"name": "John", "callback_number": "555 0100", "message": "Call back"}
+    history: list[Message] = [
+        *QUESTION,
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"function": {"name": "take_message", "arguments": arguments}}],
+        },
+        {"role": "tool", "content": "The message is stored.", "tool_name": "take_message"},
+    ]
+
+    items = asyncio.run(collect(ollama_llm(ollama.url), history, TOOLS))
+
+    assert "".join(items) == "The message is stored. Anything else?"
+    sent = ollama.requests[-1].messages
+    assert sent[-2] == {
+        "role": "assistant",  # the client leaves out the empty content, as Ollama allows
+        "tool_calls": [{"function": {"name": "take_message", "arguments": arguments}}],
+    }
+    assert sent[-1] == {
+        "role": "tool",
+        "content": "The message is stored.",
+        "tool_name": "take_message",
+    }
+
+
+def test_ollama_without_tools_sends_none_and_yields_only_text(ollama: OllamaEmulator) -> None:
+    items = asyncio.run(collect(ollama_llm(ollama.url), QUESTION))
+
+    assert "".join(items) == REPLY
+    assert all(isinstance(item, str) for item in items)
+    assert ollama.requests[-1].body.get("tools") in (None, [])
+
+
+def test_ollama_tool_call_counts_as_the_first_token(ollama: OllamaEmulator) -> None:
+    # The second call comes at ~0.7 s: past the 0.5 s first-token wait, within the total.
+    ollama.reply = lambda messages: [
+        tool_call("take_message", name="A", callback_number="1", message="m"),
+        tool_call("transfer_to_person", reason="r"),
+    ]
+    ollama.first_token_delay_s = 0.3
+    ollama.token_delay_s = 0.4
+    llm = ollama_llm(ollama.url, first_token_timeout_s=0.5, total_timeout_s=5.0)
+
+    items = asyncio.run(collect(llm, QUESTION, TOOLS))
+
+    assert [item.name for item in items] == ["take_message", "transfer_to_person"]
+
+
+def test_ollama_no_first_item_with_tools_still_raises_quickly(ollama: OllamaEmulator) -> None:
+    ollama.reply = lambda messages: tool_call("transfer_to_person", reason="r")
+    ollama.first_token_delay_s = 5.0
+    llm = ollama_llm(ollama.url, first_token_timeout_s=0.5)
+
+    message, elapsed = error_of(lambda: collect(llm, QUESTION, TOOLS))
+
+    assert "no first token within 0.5 s" in message
+    assert elapsed < 2.0
+    assert ollama.wait_outcome() == "disconnected"
+
+
+def test_ollama_model_without_tool_support_names_the_setting(ollama: OllamaEmulator) -> None:
+    ollama.tool_models = ["qwen2.5:0.5b"]  # MODEL is not among them
+
+    message, _ = error_of(lambda: collect(ollama_llm(ollama.url), QUESTION, TOOLS))
+
+    assert f"Ollama model '{MODEL}' cannot call tools (VOICEAI_OLLAMA_MODEL" in message
+    assert "does not support tools" in message
+    assert "".join(asyncio.run(collect(ollama_llm(ollama.url), QUESTION))) == REPLY
+
+
+def test_ollama_server_sending_text_arguments_fails_clearly(ollama: OllamaEmulator) -> None:
+    # Ollama's API types arguments as an object, and the official client refuses anything else.
+    ollama.reply = lambda messages: ["One moment.", tool_call("end_call", '{"reason": "bye"}')]
+    seen: list[object] = []
+
+    async def run() -> None:
+        llm = ollama_llm(ollama.url)
+        try:
+            async with aclosing(llm.stream_reply(QUESTION, TOOLS)) as stream:
+                async for item in stream:
+                    seen.append(item)
+        finally:
+            await llm.aclose()
+
+    message, _ = error_of(run)
+
+    assert "".join(map(str, seen)) == "One moment."
+    assert message.startswith(f"Ollama at {ollama.url} gave an unusable answer")
+    assert "arguments" in message
+
+
+@pytest.mark.parametrize(
+    ("raw", "parsed"),
+    [
+        ({"reason": "bye"}, {"reason": "bye"}),
+        ('{"reason": "bye", "n": 2}', {"reason": "bye", "n": 2}),
+        ("", {}),
+        (None, {}),
+        ('{"reason": "bye"', {"_raw": '{"reason": "bye"'}),  # cut off
+        ("transfer me", {"_raw": "transfer me"}),
+        ('["a", "b"]', {"_raw": '["a", "b"]'}),  # JSON, but not an object
+        (["a"], {"_raw": '["a"]'}),
+    ],
+)
+def test_tool_arguments_are_parsed_or_kept_raw(raw: object, parsed: dict[str, Any]) -> None:
+    assert parse_arguments(raw) == parsed
+
+
+def test_emulator_streams_tool_calls_in_ollamas_wire_format(ollama: OllamaEmulator) -> None:
+    ollama.reply = lambda messages: ["Sure.", tool_call("end_call", reason="done", id="call_1")]
+    body = {"model": MODEL, "messages": QUESTION, "tools": TOOLS}
+
+    with httpx.stream("POST", f"{ollama.url}/api/chat", json=body) as response:
+        lines = [json.loads(line) for line in response.iter_lines() if line]
+    whole = httpx.post(f"{ollama.url}/api/chat", json={**body, "stream": False}).json()
+
+    *pieces, call, final = lines
+    assert "".join(p["message"]["content"] for p in pieces) == "Sure."
+    assert all("tool_calls" not in p["message"] and p["done"] is False for p in pieces)
+    assert call["done"] is False and call["message"]["content"] == ""
+    expected = {
+        "id": "call_1",
+        "function": {"index": 0, "name": "end_call", "arguments": {"reason": "done"}},
+    }
+    assert call["message"]["tool_calls"] == [expected]
+    assert final["done"] is True and final["done_reason"] == "stop"
+    assert "tool_calls" not in final["message"]
+    assert whole["done"] is True
+    assert whole["message"] == {"role": "assistant", "content": "Sure.", "tool_calls": [expected]}
+
+
+def test_tools_warning_only_when_tools_are_configured_but_cannot_be_called() -> None:
+    dead = f"http://127.0.0.1:{closed_port()}"
+    ollama_engine, embedded = OllamaLLM(dead, MODEL), EmbeddedLLM()  # neither loads a model
+    auto = AutoLLM(embedded, ollama_engine)
+
+    assert (ollama_engine.supports_tools, embedded.supports_tools, auto.supports_tools) == (
+        True,
+        False,
+        False,
+    )
+    assert tools_warning(ollama_engine, TOOLS) is None
+    assert tools_warning(embedded, []) is None
+    warning = tools_warning(embedded, TOOLS)
+    assert warning is not None
+    assert warning.startswith(f"tools (transfer_to_person, take_message) are off: {embedded.name}")
+    auto_warning = tools_warning(auto, TOOLS)
+    assert auto_warning is not None and f"once Ollama answers with {MODEL}" in auto_warning
+    asyncio.run(auto.aclose())
+
+
 # --- build_llm ------------------------------------------------------------------------------
 
 
@@ -318,11 +543,14 @@ def test_auto_moves_to_ollama_once_it_comes_up() -> None:
             )
         )
         assert isinstance(llm, AutoLLM)
+        assert llm.supports_tools is False  # the embedded model answers for now
         llm._recheck_s = 0  # ask again at every reply (30 s in production)
         before = llm.name
         with OllamaEmulator(port=port) as ollama:
-            reply = "".join([piece async for piece in llm.stream_reply(QUESTION)])
+            reply = "".join([piece async for piece in llm.stream_reply(QUESTION, TOOLS)])
             assert ollama.requests, "the reply did not go to Ollama"
+            assert ollama.requests[-1].tools == TOOLS  # Ollama can call them: it gets them
+        assert llm.supports_tools is True
         after = llm.name
         await llm.aclose()
         return before, after, reply

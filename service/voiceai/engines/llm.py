@@ -3,6 +3,11 @@
 Both stream the reply as text pieces so the dialog can cut sentences and speak the first one
 while the rest is generated. Consume a stream with `contextlib.aclosing(...)` (or cancel the
 task): closing it stops the generation at the next token and closes the HTTP stream.
+
+Given tools (Ollama's function specs), an engine with `supports_tools` also yields a `ToolCall`
+for each call the model makes, after any text it wrote first. The embedded SmolLM2 does not:
+measured with JSON-schema-constrained output it picked the right tool for 0 of 6 requests that
+needed one (bench/embedded_tools.py), so it runs without tools (see `tools_warning`).
 """
 
 from __future__ import annotations
@@ -10,11 +15,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import json
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -27,7 +34,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": ...}
+# {"role": "system"|"user"|"assistant"|"tool", "content": ...}; a tool result also carries
+# "tool_name"; an assistant turn that called tools carries Ollama's
+# "tool_calls": [{"function": {"name": ..., "arguments": {...}}}].
+Message = dict[str, Any]
+# {"type": "function", "function": {"name", "description", "parameters": <JSON schema>}}
+ToolSpec = dict[str, Any]
 
 MIN_TOKENS_PER_S = 4.0  # slower than this the caller hangs up anyway: it sets the total timeout
 CONNECT_TIMEOUT_S = 2.0  # Ollama is local or on the LAN: a longer connect means it is down
@@ -42,12 +54,24 @@ class LLMError(Exception):
     """The model could not answer (unreachable, missing, too slow, failed); the message says why."""
 
 
+@dataclass(frozen=True)
+class ToolCall:
+    """A tool the model asked for, with its arguments already parsed (see `parse_arguments`)."""
+
+    name: str
+    arguments: dict[str, Any]
+    id: str = ""  # the engine's id for the call, when it gives one
+
+
 class LanguageModel(Protocol):
     name: str
+    supports_tools: bool  # False: pass no tools; stream_reply never yields a ToolCall
 
     # A plain `def` so async generator methods match it (an `async def` here would be a coroutine).
-    def stream_reply(self, messages: list[Message]) -> AsyncIterator[str]:
-        """The reply as text pieces, as generated; closing the iterator stops the generation."""
+    def stream_reply(
+        self, messages: list[Message], tools: Sequence[ToolSpec] = ()
+    ) -> AsyncIterator[str | ToolCall]:
+        """The reply as text pieces and tool calls, as generated; closing it stops generation."""
         ...
 
     async def warm_up(self) -> None:
@@ -63,6 +87,37 @@ RECHECK_S = 30.0  # how often `auto` asks again whether Ollama has come up
 def total_timeout(first_token_timeout_s: float, max_tokens: int) -> float:
     """Longest a whole reply may take: the first-token wait plus max_tokens at a crawl."""
     return first_token_timeout_s + max_tokens / MIN_TOKENS_PER_S
+
+
+def parse_arguments(raw: object) -> dict[str, Any]:
+    """A tool call's arguments as a dict: JSON text is parsed; what is not an object is kept
+    as text under `_raw`, so the caller can tell the model its arguments were unusable."""
+    if isinstance(raw, Mapping):
+        return dict(raw)
+    if raw is None or raw == "":
+        return {}
+    text = raw if isinstance(raw, str) else json.dumps(raw, default=str)
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        return {"_raw": text}
+    return parsed if isinstance(parsed, dict) else {"_raw": text}
+
+
+def tools_warning(llm: LanguageModel, tools: Sequence[ToolSpec]) -> str | None:
+    """The one line to log at start when tools are configured but `llm` cannot call them."""
+    if not tools or llm.supports_tools:
+        return None
+    names = ", ".join(str(t.get("function", {}).get("name", "?")) for t in tools)
+    if isinstance(llm, AutoLLM):
+        return (
+            f"tools ({names}) are off while {llm.name} answers: it cannot call tools; they come "
+            f"on once Ollama answers with {llm.ollama_model}"
+        )
+    return (
+        f"tools ({names}) are off: {llm.name} cannot call tools; use VOICEAI_LLM=ollama with a "
+        "model that supports tools (e.g. llama3.2, qwen2.5)"
+    )
 
 
 class OllamaLLM:
@@ -82,6 +137,7 @@ class OllamaLLM:
         import ollama
 
         self.name = f"ollama:{model}"
+        self.supports_tools = True
         self.url = url.rstrip("/")
         self.model = model
         self._keep_alive = keep_alive
@@ -95,7 +151,9 @@ class OllamaLLM:
             host=self.url, timeout=httpx.Timeout(read_s, connect=CONNECT_TIMEOUT_S)
         )
 
-    async def stream_reply(self, messages: list[Message]) -> AsyncIterator[str]:
+    async def stream_reply(
+        self, messages: list[Message], tools: Sequence[ToolSpec] = ()
+    ) -> AsyncIterator[str | ToolCall]:
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = started + self._first_timeout_s
@@ -105,6 +163,7 @@ class OllamaLLM:
             stream = await self._client.chat(
                 model=self.model,
                 messages=messages,
+                tools=list(tools) or None,
                 stream=True,
                 keep_alive=self._keep_alive,
                 options={"num_predict": self._max_tokens},
@@ -118,12 +177,12 @@ class OllamaLLM:
                     return
                 except TimeoutError:
                     raise LLMError(self._timeout_message(got_first)) from None
-                piece = part.message.content or ""
-                if piece:
-                    if not got_first:
-                        got_first = True
-                        deadline = started + self._total_timeout_s
-                    yield piece
+                items = _items_of(part.message)
+                if items and not got_first:
+                    got_first = True
+                    deadline = started + self._total_timeout_s
+                for item in items:
+                    yield item
                 if part.done:
                     return
         except LLMError:
@@ -162,6 +221,11 @@ class OllamaLLM:
         if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | ConnectionError):
             return LLMError(f"Ollama at {self.url} is not reachable: {_describe(exc)}")
         if isinstance(exc, ollama.ResponseError):
+            if "does not support tools" in exc.error:
+                return LLMError(
+                    f"Ollama model {self.model!r} cannot call tools (VOICEAI_OLLAMA_MODEL: pick "
+                    f"one that can, e.g. llama3.2 or qwen2.5): {exc.error}"
+                )
             if exc.status_code == 404:
                 return LLMError(
                     f"Ollama at {self.url} has no model {self.model!r} "
@@ -195,6 +259,7 @@ class EmbeddedLLM:
             raise LLMError("the embedded LLM needs llama-cpp-python: pip install llama-cpp-python")
         self.path = resolve_gguf(model)
         self.name = f"embedded:{self.path.name}"
+        self.supports_tools = False  # SmolLM2 picked no right tool when measured (module doc)
         self._max_tokens = max_tokens
         self._first_timeout_s = first_token_timeout_s
         self._total_timeout_s = total_timeout_s or total_timeout(first_token_timeout_s, max_tokens)
@@ -213,7 +278,10 @@ class EmbeddedLLM:
         """True while the llama.cpp thread is generating (or still stopping a cancelled reply)."""
         return self._busy.is_set()
 
-    async def stream_reply(self, messages: list[Message]) -> AsyncIterator[str]:
+    async def stream_reply(
+        self, messages: list[Message], tools: Sequence[ToolSpec] = ()
+    ) -> AsyncIterator[str | ToolCall]:
+        """Text only: `tools` are ignored (supports_tools is False)."""
         if self._closed:
             raise LLMError(f"{self.name} is closed")
         loop = asyncio.get_running_loop()
@@ -443,6 +511,14 @@ class AutoLLM:
     def name(self) -> str:
         return self._current.name
 
+    @property
+    def supports_tools(self) -> bool:
+        return self._current.supports_tools
+
+    @property
+    def ollama_model(self) -> str:
+        return self._ollama.model
+
     async def _choose(self) -> LanguageModel:
         if self._current is self._ollama or time.monotonic() - self._checked_at < self._recheck_s:
             return self._current
@@ -457,9 +533,13 @@ class AutoLLM:
                     self._current = self._ollama
         return self._current
 
-    async def stream_reply(self, messages: list[Message]) -> AsyncIterator[str]:
+    async def stream_reply(
+        self, messages: list[Message], tools: Sequence[ToolSpec] = ()
+    ) -> AsyncIterator[str | ToolCall]:
         engine = await self._choose()
-        async with contextlib.aclosing(engine.stream_reply(messages)) as pieces:  # type: ignore[type-var]
+        # Tools only to an engine that can call them (the caller may have asked before a switch).
+        offered = tools if engine.supports_tools else ()
+        async with contextlib.aclosing(engine.stream_reply(messages, offered)) as pieces:  # type: ignore[type-var]
             async for piece in pieces:
                 yield piece
 
@@ -476,6 +556,23 @@ def _embedded_or_explain(settings: Settings, args: dict[str, Any], why: str) -> 
         return EmbeddedLLM(settings.embedded_model, **args)
     except LLMError as exc:
         raise LLMError(f"no LLM available: {why}, and the embedded one failed: {exc}") from exc
+
+
+def _items_of(message: Any) -> list[str | ToolCall]:
+    """What one streamed Ollama message carries: its text, then its tool calls."""
+    items: list[str | ToolCall] = []
+    if message.content:
+        items.append(message.content)
+    for call in message.tool_calls or ():
+        function = call.function
+        items.append(
+            ToolCall(
+                name=function.name,
+                arguments=parse_arguments(function.arguments),
+                id=str(getattr(call, "id", None) or ""),
+            )
+        )
+    return items
 
 
 def _describe(exc: BaseException) -> str:

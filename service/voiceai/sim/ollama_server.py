@@ -4,10 +4,21 @@ Speaks what the official `ollama` client and our OllamaLLM use: `GET /api/versio
 `GET /api/tags`, `POST /api/chat` and `POST /api/generate` (NDJSON streams or one JSON
 object, Ollama's field names and error bodies). Behaviour is set per instance and may be
 changed while it runs: `reply`, `token_delay_s`, `first_token_delay_s`, `fail_with`,
-`fail_after_pieces`. Every chat/generate request is recorded in `requests`.
+`fail_after_pieces`, `tool_models`. Every chat/generate request is recorded in `requests`.
 
     with OllamaEmulator(reply=lambda messages: "Hello there.") as ollama:
         ...  # point the service at ollama.url
+
+Tool calling: `reply` may also return a tool call, or a list of text and tool calls in the
+order the model "writes" them. A tool call is `tool_call(name, **arguments)` (a dict with
+"name", "arguments" and optionally "id"), or any object with `name` and `arguments`
+attributes such as voiceai.engines.llm.ToolCall. As Ollama (0.8 and later) streams them, the
+text comes in pieces, then each call in its own chunk with `done: false`, then the final
+`done: true` chunk; `stream: false` gives one message with `content` and `tool_calls`. A
+request's `tools` are recorded in `OllamaRequest.tools`, and a tool result comes back in a
+later request's `messages` as {"role": "tool", "content": ..., "tool_name": ...}. Real
+Ollama always sends `arguments` as a JSON object; a string given here is sent as it is, to
+play a server that does not.
 
 or from a shell: `python -m voiceai.sim.ollama_server --port 11434`.
 """
@@ -21,7 +32,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -32,9 +43,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-ReplyFn = Callable[[list[dict[str, Any]]], str]
+# One scripted item: text, or a tool call (a `tool_call(...)` dict, or a ToolCall-like object).
+ReplyItem = str | Mapping[str, Any] | Any
+ReplyFn = Callable[[list[dict[str, Any]]], ReplyItem | Sequence[ReplyItem]]
 
-OLLAMA_VERSION: Final = "0.6.5"
+OLLAMA_VERSION: Final = "0.9.0"  # streaming tool calls came with 0.8
 DEFAULT_MODEL: Final = "llama3.2:3b"
 NDJSON: Final = "application/x-ndjson"
 # What Ollama streams when its runner dies mid-reply.
@@ -58,6 +71,65 @@ def split_pieces(text: str) -> list[str]:
     return _PIECE.findall(text)
 
 
+def tool_call(name: str, arguments: Any = None, /, *, id: str = "", **named: Any) -> dict[str, Any]:
+    """A scripted tool call: `tool_call("end_call", reason="done")`, or arguments given whole
+    (a dict, or a string to play a server that sends them as text)."""
+    call: dict[str, Any] = {"name": name, "arguments": named if arguments is None else arguments}
+    if id:
+        call["id"] = id
+    return call
+
+
+@dataclass
+class _Chunk:
+    """One streamed message: a text piece, or one tool call in Ollama's wire shape."""
+
+    text: str = ""
+    tool_call: dict[str, Any] | None = None
+
+
+def _script(reply: Any) -> tuple[str, list[dict[str, Any]], list[_Chunk]]:
+    """A reply's whole text, its tool calls (wire shape) and its chunks, in the scripted order."""
+    items = [reply] if isinstance(reply, str | Mapping) or hasattr(reply, "name") else list(reply)
+    text, calls, chunks = "", [], []
+    for item in items:
+        if isinstance(item, str):
+            text += item
+            chunks += [_Chunk(text=piece) for piece in split_pieces(item)]
+            continue
+        call = _wire_call(item, index=len(calls))
+        calls.append(call)
+        chunks.append(_Chunk(tool_call=call))
+    return text, calls, chunks
+
+
+def _cut(chunks: list[_Chunk], text_pieces: int) -> list[_Chunk]:
+    """The chunks before the text piece number `text_pieces` (counting from 0)."""
+    seen = 0
+    for index, chunk in enumerate(chunks):
+        if chunk.tool_call is None:
+            if seen == text_pieces:
+                return chunks[:index]
+            seen += 1
+    return chunks
+
+
+def _wire_call(item: Any, index: int) -> dict[str, Any]:
+    """A tool call as Ollama sends it: {"id"?, "function": {"index", "name", "arguments"}}."""
+    get = item.get if isinstance(item, Mapping) else lambda key: getattr(item, key, None)
+    arguments = get("arguments")
+    call: dict[str, Any] = {
+        "function": {
+            "index": index,
+            "name": str(get("name")),
+            "arguments": {} if arguments is None else arguments,
+        }
+    }
+    if get("id"):
+        call["id"] = str(get("id"))
+    return call
+
+
 @dataclass
 class OllamaRequest:
     """One /api/chat or /api/generate request as the emulator received it."""
@@ -71,8 +143,9 @@ class OllamaRequest:
     options: dict[str, Any]
     # pending → streaming → done | error | disconnected (the client went away mid-stream)
     outcome: str = "pending"
-    pieces_sent: int = 0
+    pieces_sent: int = 0  # chunks sent before the final one: text pieces and tool calls
     body: dict[str, Any] = field(default_factory=dict)
+    tools: list[dict[str, Any]] = field(default_factory=list)  # as the request offered them
 
 
 class OllamaEmulator:
@@ -87,6 +160,7 @@ class OllamaEmulator:
         first_token_delay_s: float = 0.0,
         fail_with: str | None = None,
         fail_after_pieces: int | None = None,
+        tool_models: list[str] | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -96,6 +170,8 @@ class OllamaEmulator:
         self.first_token_delay_s = first_token_delay_s
         self.fail_with = fail_with  # chat/generate answer HTTP 500 {"error": fail_with}
         self.fail_after_pieces = fail_after_pieces  # stream an {"error"} line after N pieces
+        # Models that accept `tools` (None: all); the others answer HTTP 400 as Ollama does.
+        self.tool_models = tool_models
         self.requests: list[OllamaRequest] = []
         self.host = host
         self.port = port
@@ -199,6 +275,7 @@ class OllamaEmulator:
             keep_alive=body.get("keep_alive"),
             options=dict(body.get("options") or {}),
             body=body,
+            tools=list(body.get("tools") or []),
         )
         self.requests.append(record)
         if not model:
@@ -210,27 +287,37 @@ class OllamaEmulator:
         if self.fail_with is not None:
             record.outcome = "error"
             return _error(500, self.fail_with)
+        if record.tools and not self._takes_tools(model):
+            record.outcome = "error"
+            return _error(400, f"registry.ollama.ai/library/{model} does not support tools")
         conversation = record.messages if chat else [{"role": "user", "content": record.prompt}]
         if not (record.messages if chat else record.prompt):
             # Nothing to answer: Ollama only loads (or, with keep_alive 0, unloads) the model.
             record.outcome = "done"
             unload = record.keep_alive in (0, "0", "0s")
             return JSONResponse(_final(model, chat, "unload" if unload else "load", load_only=True))
-        pieces = split_pieces(self.reply(conversation))
+        _, calls, chunks = _script(self.reply(conversation))
         done_reason = "stop"
         limit = record.options.get("num_predict")
-        if isinstance(limit, int) and 0 <= limit < len(pieces):
-            pieces, done_reason = pieces[:limit], "length"
+        if isinstance(limit, int) and 0 <= limit < sum(c.tool_call is None for c in chunks):
+            # Cut before the text piece past the limit: what follows was never written.
+            chunks, done_reason = _cut(chunks, limit), "length"
+            calls = [c.tool_call for c in chunks if c.tool_call is not None]
+        if not chat:
+            chunks = [c for c in chunks if c.tool_call is None]  # generate has no tool calls
         if record.stream:
-            lines = self._stream(record, chat, pieces, done_reason, conversation)
+            lines = self._stream(record, chat, chunks, done_reason, conversation)
             return StreamingResponse(lines, media_type=NDJSON)
-        return await self._whole(record, chat, pieces, done_reason, conversation)
+        return await self._whole(record, chat, chunks, calls, done_reason, conversation)
+
+    def _takes_tools(self, model: str) -> bool:
+        return self.tool_models is None or any(_same_model(model, m) for m in self.tool_models)
 
     async def _stream(
         self,
         record: OllamaRequest,
         chat: bool,
-        pieces: list[str],
+        chunks: list[_Chunk],
         done_reason: str,
         conversation: list[dict[str, Any]],
     ) -> AsyncIterator[bytes]:
@@ -239,17 +326,20 @@ class OllamaEmulator:
         try:
             await asyncio.sleep(self.first_token_delay_s)
             first_at = time.perf_counter_ns()
-            for index, piece in enumerate(pieces):
+            for index, chunk in enumerate(chunks):
                 if self.fail_after_pieces is not None and index >= self.fail_after_pieces:
                     record.outcome = "error"
                     yield _line({"error": MID_STREAM_ERROR})
                     return
                 if index:
                     await asyncio.sleep(self.token_delay_s)
-                yield _line(_piece(record.model, chat, piece))
+                line = _piece(record.model, chat, chunk.text)
+                if chunk.tool_call is not None:
+                    line["message"]["tool_calls"] = [chunk.tool_call]
+                yield _line(line)
                 record.pieces_sent += 1
             final = _final(record.model, chat, done_reason)
-            final.update(_stats(started, first_at, conversation, len(pieces)))
+            final.update(_stats(started, first_at, conversation, len(chunks)))
             yield _line(final)
             record.outcome = "done"
         finally:
@@ -261,21 +351,25 @@ class OllamaEmulator:
         self,
         record: OllamaRequest,
         chat: bool,
-        pieces: list[str],
+        chunks: list[_Chunk],
+        calls: list[dict[str, Any]],
         done_reason: str,
         conversation: list[dict[str, Any]],
     ) -> Response:
         started = time.perf_counter_ns()
         await asyncio.sleep(self.first_token_delay_s)
         first_at = time.perf_counter_ns()
-        await asyncio.sleep(self.token_delay_s * max(len(pieces) - 1, 0))
+        await asyncio.sleep(self.token_delay_s * max(len(chunks) - 1, 0))
         result = _final(record.model, chat, done_reason)
+        text = "".join(c.text for c in chunks)
         if chat:
-            result["message"]["content"] = "".join(pieces)
+            result["message"]["content"] = text
+            if calls:
+                result["message"]["tool_calls"] = calls
         else:
-            result["response"] = "".join(pieces)
-        result.update(_stats(started, first_at, conversation, len(pieces)))
-        record.pieces_sent = len(pieces)
+            result["response"] = text
+        result.update(_stats(started, first_at, conversation, len(chunks)))
+        record.pieces_sent = len(chunks)
         record.outcome = "done"
         return JSONResponse(result)
 
