@@ -51,13 +51,14 @@ class Agent:
     toolbox: Toolbox
 
     def policy(self, base: CallPolicy) -> CallPolicy:
-        """`base` (from the settings) with this agent's prompt, greeting and fallback number;
-        language, voice and tools are on the agent for the call to apply."""
+        """`base` (from the settings) with this agent's prompt, greeting, fallback number and
+        tools; language and voice are on the agent for the call to apply."""
         return dataclasses.replace(
             base,
             system_prompt=self.prompt,
             greeting=self.greeting,
             fallback_number=self.fallback_number,
+            tools=self.toolbox if len(self.toolbox) else None,
         )
 
     def voices(self) -> dict[str, str]:

@@ -21,7 +21,8 @@ from voiceai.audio.vad import SileroModel, VadError
 from voiceai.config import Settings
 from voiceai.conversation.registry import CallRegistry
 from voiceai.conversation.session import CallPolicy, Engines
-from voiceai.engines.llm import LanguageModel, build_llm
+from voiceai.conversation.tools import ToolLines
+from voiceai.engines.llm import LanguageModel, build_llm, tools_warning
 from voiceai.engines.stt import WHISPER_RATE, SpeechToText, WhisperSTT
 from voiceai.engines.stt_scheduler import TranscriptionScheduler
 from voiceai.engines.tts import SpeechSynthesizer, build_tts
@@ -150,6 +151,8 @@ def call_policy(settings: Settings) -> CallPolicy:
         media_dir=settings.media_dir,
         partial_transcripts=settings.partial_transcripts,
         record_calls=settings.record_calls,
+        tool_lines=ToolLines(filler_after_s=settings.tool_filler_ms / 1000),
+        max_tool_rounds=settings.max_tool_rounds,
     )
 
 
@@ -176,6 +179,9 @@ def create_app(
         # Without FreeSWITCH's event socket the bot cannot speak: don't load a model for nothing.
         llm_engine = llm or (await build_llm(settings) if esl is not None else None)
         llm_warming = asyncio.create_task(_warm_up_llm(llm_engine))
+        offered = agents.for_did(None).toolbox.specs()
+        if llm_engine is not None and (why_not := tools_warning(llm_engine, offered)):
+            log.warning("%s", why_not)
         prompts = PromptCache(tts_engine, settings.media_dir / "prompts")
         await warm_up_models(settings, stt_engine, tts_engine, prompts, turn_model)
         control = EslCallControl(esl) if esl is not None else None

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi import HTTPException, Request, WebSocket, status
 
-from voiceai.agents import Agents
+from voiceai.agents import Agent, Agents
 from voiceai.config import Settings
 from voiceai.conversation.registry import CallRegistry
 from voiceai.conversation.session import CallPolicy, Engines
@@ -32,11 +34,17 @@ class Services:
     metrics: Metrics
     agents: Agents  # by dialled number; SIGHUP replaces it, calls keep the agent they took
     # Outbound calls being dialled: their prompt/greeting overrides, by call id.
-    overrides: dict[str, CallPolicy] = field(default_factory=dict)
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     background: set[asyncio.Task[None]] = field(default_factory=set)  # e.g. calls being dialled
 
-    def policy_for(self, call_id: str) -> CallPolicy:
-        return self.overrides.pop(call_id, self.policy)
+    def agent_for(self, call_id: str, did: str | None) -> tuple[Agent, CallPolicy]:
+        """Who answers a call: the agent of the number dialled, with an outbound call's own
+        prompt and greeting (POST /api/calls) over it."""
+        agent = self.agents.for_did(did)
+        policy = agent.policy(self.policy)
+        if overrides := self.overrides.pop(call_id, None):
+            policy = dataclasses.replace(policy, **overrides)
+        return agent, policy
 
 
 def services(conn: Request | WebSocket) -> Services:

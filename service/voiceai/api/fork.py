@@ -80,14 +80,15 @@ async def fork(ws: WebSocket, call_id: str) -> None:
             meta.rate if meta.rate is not None else ws.query_params.get("rate", DEFAULT_RATE)
         )
         channels = 2 if ws.query_params.get("mix") == "stereo" else meta.channels
-        language = meta.language or _language(settings.stt_language)
+        agent, policy = svc.agent_for(call_id, meta.callee)
+        language = meta.language or agent.call_language()
         call = CallSession(
             call_id,
             rate=rate,
             channels=channels,
             language=language,
             engines=svc.engines,
-            policy=svc.policy_for(call_id),
+            policy=policy,
             info=CallInfo(meta.caller, meta.caller_name, meta.callee, meta.direction),
         )
         svc.calls.add(call)
@@ -164,10 +165,6 @@ def engine_names(engines: Engines) -> dict[str, str]:
         for kind, engine in named.items()
         if engine is not None
     }
-
-
-def _language(setting: str) -> str | None:
-    return None if setting == "auto" else setting
 
 
 async def _close(ws: WebSocket, code: int, reason: str) -> None:

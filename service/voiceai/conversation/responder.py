@@ -14,6 +14,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from voiceai import events
@@ -21,7 +22,8 @@ from voiceai.conversation.playback import PlaybackQueue, Utterance
 from voiceai.conversation.sentences import SentenceSplitter
 from voiceai.conversation.states import Refused
 from voiceai.conversation.timing import TurnTiming
-from voiceai.engines.llm import LanguageModel
+from voiceai.conversation.tools import Handover, ToolRunner
+from voiceai.engines.llm import LanguageModel, Message, ToolCall
 from voiceai.engines.tts import SpeechSynthesizer, TTSError, speakable, write_wav
 from voiceai.events import EventBus
 from voiceai.prompts import PromptCache
@@ -39,6 +41,23 @@ class SpeechFailed(Exception):
         self.kind = kind
 
 
+@dataclass(frozen=True)
+class Reply:
+    """What the bot said, and how the call goes on when a tool ended the reply."""
+
+    text: str
+    handover: Handover | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class _Prompt:
+    text: str  # a fixed phrase (a tool's filler or apology), from the prompt cache
+
+
+_Item = str | _Prompt | None  # a sentence, a fixed phrase, or the end of the reply
+
+
 class Responder:
     def __init__(
         self,
@@ -52,8 +71,14 @@ class Responder:
         rate: int,
         media: Path,
         before_audio: Callable[[], None],
+        tools: ToolRunner | None = None,
+        max_tool_rounds: int = 3,
     ) -> None:
         self.call_id = call_id
+        self._tools = (
+            tools if tools is not None and llm is not None and llm.supports_tools else None
+        )
+        self._max_tool_rounds = max_tool_rounds
         self._llm = llm
         self._tts = tts
         self._prompts = prompts
@@ -64,14 +89,15 @@ class Responder:
         self._before_audio = before_audio
         self._files = itertools.count(1)
 
-    async def reply(self, messages: list[dict[str, str]], language: str, timing: TurnTiming) -> str:
-        """Speak the LLM's reply sentence by sentence as it is written; return its whole text.
+    async def reply(self, messages: list[Message], language: str, timing: TurnTiming) -> Reply:
+        """Speak the LLM's reply sentence by sentence as it is written; return its whole text,
+        and the handover (transfer, end of call) when a tool asked for one.
 
         Raises LLMError when the model fails (what was already written is still said first), and
         SpeechFailed when the audio cannot reach FreeSWITCH (the model is stopped at once) or
         when not one sentence could be synthesized.
         """
-        sentences: asyncio.Queue[str | None] = asyncio.Queue()
+        sentences: asyncio.Queue[_Item] = asyncio.Queue()
         speaker = asyncio.create_task(self._speak_sentences(sentences, language, timing))
         writer = asyncio.create_task(self._write(messages, language, timing, sentences))
         try:
@@ -95,37 +121,68 @@ class Responder:
 
     async def _write(
         self,
-        messages: list[dict[str, str]],
+        messages: list[Message],
         language: str,
         timing: TurnTiming,
-        sentences: asyncio.Queue[str | None],
-    ) -> str:
-        """The LLM's tokens, cut into sentences for the speaker as each completes."""
+        sentences: asyncio.Queue[_Item],
+    ) -> Reply:
+        """The LLM's tokens, cut into sentences for the speaker as each completes; between
+        rounds, the tools it called, whose results go back to it for the next round."""
         assert self._llm is not None
         splitter = SentenceSplitter(language)
         full = ""
+        messages = list(messages)
+
+        async def say(text: str) -> None:
+            sentences.put_nowait(_Prompt(text))
+
         try:
-            async with contextlib.aclosing(self._llm.stream_reply(messages)) as pieces:
-                async for piece in pieces:  # leaving the block stops generation
-                    timing.mark("llm_first_token")
-                    full += piece
-                    self._bus.publish(events.ReplyDelta(call_id=self.call_id, text=piece))
-                    for sentence in splitter.push(piece):
-                        timing.mark("first_sentence")
-                        sentences.put_nowait(sentence)
-            if rest := splitter.flush():
-                timing.mark("first_sentence")
-                sentences.put_nowait(rest)
+            for round_ in itertools.count():
+                # The last round offers no tools: the model must answer in words.
+                offered = (
+                    self._tools.specs() if self._tools and round_ < self._max_tool_rounds else []
+                )
+                calls: list[ToolCall] = []
+                written = ""
+                async with contextlib.aclosing(self._llm.stream_reply(messages, offered)) as pieces:
+                    async for piece in pieces:  # leaving the block stops generation
+                        timing.mark("llm_first_token")
+                        if isinstance(piece, ToolCall):
+                            calls.append(piece)
+                            continue
+                        written += piece
+                        self._bus.publish(events.ReplyDelta(call_id=self.call_id, text=piece))
+                        for sentence in splitter.push(piece):
+                            timing.mark("first_sentence")
+                            sentences.put_nowait(sentence)
+                if rest := splitter.flush():
+                    timing.mark("first_sentence")
+                    sentences.put_nowait(rest)
+                full = f"{full} {written}".strip() if full else written
+                if not calls or self._tools is None:
+                    return Reply(full)
+                messages.append(assistant_calling(written, calls))
+                for call in calls:
+                    outcome = await self._tools.run(call, say)
+                    messages.append(
+                        {"role": "tool", "content": outcome.result, "tool_name": call.name}
+                    )
+                    if outcome.handover is not None:
+                        return Reply(full, outcome.handover, outcome.reason)
+            raise AssertionError("unreachable")  # itertools.count() never ends
         finally:
             sentences.put_nowait(None)  # the speaker ends after what was written
-        return full
 
     async def _speak_sentences(
-        self, sentences: asyncio.Queue[str | None], language: str, timing: TurnTiming
+        self, sentences: asyncio.Queue[_Item], language: str, timing: TurnTiming
     ) -> tuple[int, list[str]]:
         """Each sentence in turn; returns how many were queued and why the others were lost."""
         spoken, lost = 0, []
         while (sentence := await sentences.get()) is not None:
+            if isinstance(sentence, _Prompt):
+                await self.speak_prompt(sentence.text, language)
+                spoken += 1
+                continue
             if text := speakable(sentence):
                 try:
                     await self.speak(text, language, timing)
@@ -210,6 +267,15 @@ class Responder:
                 events.CallError(call_id=self.call_id, kind="playback", message=message)
             )
             self._playback.give_up()
+
+
+def assistant_calling(text: str, calls: list[ToolCall]) -> Message:
+    """The model's own turn that called tools, as Ollama expects it back in the history."""
+    return {
+        "role": "assistant",
+        "content": text,
+        "tool_calls": [{"function": {"name": c.name, "arguments": c.arguments}} for c in calls],
+    }
 
 
 def media_problem(path: Path, exc: OSError) -> str:

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +23,10 @@ from voiceai.conversation.dialog import Dialog
 from voiceai.conversation.line import CallLine
 from voiceai.conversation.listener import Listener
 from voiceai.conversation.playback import PlaybackQueue
-from voiceai.conversation.responder import Responder, SpeechFailed
+from voiceai.conversation.responder import Reply, Responder, SpeechFailed
 from voiceai.conversation.states import TRANSITIONS, Refused, State, StateMachine, Trigger
 from voiceai.conversation.timing import TurnTiming
+from voiceai.conversation.tools import ToolLines, ToolRunner
 from voiceai.engines.llm import LanguageModel, LLMError
 from voiceai.engines.stt import Transcript
 from voiceai.engines.stt_scheduler import TranscriptionScheduler
@@ -34,6 +35,7 @@ from voiceai.engines.turn import TurnCompletion
 from voiceai.events import EventBus
 from voiceai.prompts import PromptCache
 from voiceai.telephony.control import CallControl
+from voiceai.tools.toolbox import Toolbox
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,10 @@ class CallPolicy:
     media_dir: Path = Path("data/media")
     partial_transcripts: bool = True
     record_calls: bool = False
+    tools: Toolbox | None = None  # what the model may call (the agent's); None: no tools
+    tool_lines: ToolLines = field(default_factory=ToolLines)
+    max_tool_rounds: int = 3  # tool calls and answers in one reply before it must speak
+    goodbye: str = "Thank you for calling. Goodbye."
 
 
 @dataclass
@@ -138,6 +144,16 @@ class CallSession:
             rate=rate,
             media=self._media,
             before_audio=self._before_audio,
+            tools=ToolRunner(
+                call_id,
+                policy.tools,
+                self._bus,
+                policy.tool_lines,
+                can_transfer=bool(policy.fallback_number),
+            )
+            if policy.tools
+            else None,
+            max_tool_rounds=policy.max_tool_rounds,
         )
         # The one thing the bot is saying or preparing (a reply, the greeting, an operator's
         # words, the apology), and the stopping of the previous one, which the next awaits.
@@ -267,7 +283,7 @@ class CallSession:
 
     async def _answer(self, timing: TurnTiming) -> None:
         try:
-            full = await self._responder.reply(self._dialog.messages(), self.language, timing)
+            reply = await self._responder.reply(self._dialog.messages(), self.language, timing)
         except Refused:
             raise
         except LLMError as exc:
@@ -280,8 +296,24 @@ class CallSession:
             await self._fail_over("reply", f"{type(exc).__name__}: {exc}")
             return
         await self._responder.wait_played()
-        self._said(full, interrupted=False, timing=timing)
-        self._machine.fire(Trigger.REPLY_DONE)
+        self._said(reply.text, interrupted=False, timing=timing)
+        if reply.handover == "transfer":
+            await self.transfer(self._policy.fallback_number, reason=f"asked: {reply.reason}")
+        elif reply.handover == "end_call":
+            await self._end_call(reply)
+        else:
+            self._machine.fire(Trigger.REPLY_DONE)
+
+    async def _end_call(self, reply: Reply) -> None:
+        """The model ended the call: a goodbye unless it said one, then a polite hang-up."""
+        if not reply.text:
+            with contextlib.suppress(SpeechFailed):
+                await self._responder.speak_prompt(self._policy.goodbye, self.language)
+                await self._responder.wait_played()
+            self._said(self._policy.goodbye, interrupted=False)
+        log.info("call %s: the bot ends the call (%s)", self.call_id, reply.reason)
+        with contextlib.suppress(CallNotReady):
+            await self.hangup("NORMAL_CLEARING")
 
     async def _speak_prompt(self, text: str, kind: str) -> None:
         """The greeting: if it cannot be said, the caller would wait in silence; fail over."""

@@ -54,6 +54,7 @@ class PhoneCall:
         token: str | None = None,
         caller: str = "+15550100",
         caller_name: str = "Caller",
+        did: str = "15550199",  # the number dialled, digits only as the dialplan sends it
         on_event: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.switch = switch
@@ -63,6 +64,7 @@ class PhoneCall:
         self.token = token
         self.caller = caller
         self.caller_name = caller_name
+        self.did = did
         self.log = CallLog(self.call_id)
         self.channel: Channel | None = None
         self._on_event = on_event
@@ -98,7 +100,7 @@ class PhoneCall:
         metadata = {
             "callId": self.call_id,
             "caller": self.caller,
-            "did": "+15550199",
+            "did": self.did,
             "direction": "inbound",
             "rate": f"{self.rate // 1000}k",
         }
