@@ -29,6 +29,7 @@ from voiceai.engines.tts import SpokenAudio, TTSError
 from voiceai.events import BaseEvent, EventBus
 from voiceai.prompts import PromptCache
 from voiceai.telephony.esl import EslEvent
+from voiceai.tools.toolbox import Toolbox
 
 RATE = 8000
 CHANNEL_RATE = 8000  # PCMU: PLAYBACK_STOP offsets count 8 kHz samples
@@ -301,6 +302,7 @@ class CoreCall:
         end_of_turn_ms: int = 600,
         call_id: str = "call-1",
         record_calls: bool = False,
+        tools: Toolbox | None = None,
     ) -> None:
         self.bus = EventBus()
         self.events: list[BaseEvent] = []
@@ -329,6 +331,7 @@ class CoreCall:
             media_dir=self.media,
             partial_transcripts=False,
             record_calls=record_calls,
+            tools=tools,
         )
         self.session = CallSession(
             call_id, rate=RATE, channels=1, language="en", engines=engines, policy=policy

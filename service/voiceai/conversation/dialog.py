@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
 class Dialog:
     system_prompt: str
     language: str | None = None
-    history: list[dict[str, str]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
 
     def caller_said(self, text: str) -> None:
         # Consecutive caller turns (the caller went on after a pause) are one message.
@@ -18,11 +20,15 @@ class Dialog:
         else:
             self.history.append({"role": "user", "content": text})
 
+    def tools_used(self, exchanges: Iterable[dict[str, Any]]) -> None:
+        """The model's tool calls and their results, so later turns know what they said."""
+        self.history.extend(dict(m) for m in exchanges)
+
     def bot_said(self, text: str) -> None:
         if text:
             self.history.append({"role": "assistant", "content": text})
 
-    def messages(self) -> list[dict[str, str]]:
+    def messages(self) -> list[dict[str, Any]]:
         prompt = self.system_prompt
         if self.language == "ru":
             prompt += " The caller speaks Russian: answer in Russian."

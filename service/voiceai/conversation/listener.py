@@ -168,9 +168,7 @@ class Listener:
         self._early = (paused, task)
         return task
 
-    async def _judge(
-        self, paused: SpeechPaused, early: asyncio.Task[Transcript | None]
-    ) -> None:
+    async def _judge(self, paused: SpeechPaused, early: asyncio.Task[Transcript | None]) -> None:
         """Finished or not? The early transcript's words first; the turn model's ear only when
         the words leave it open (it costs ~50 ms of CPU a check, and the words often decide)."""
         try:

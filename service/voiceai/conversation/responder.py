@@ -48,6 +48,8 @@ class Reply:
     text: str
     handover: Handover | None = None
     reason: str = ""
+    # The model's tool calls and their results, for the history of later turns.
+    exchanges: tuple[Message, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,7 @@ class Responder:
         splitter = SentenceSplitter(language)
         full = ""
         messages = list(messages)
+        exchanges: list[Message] = []
 
         async def say(text: str) -> None:
             sentences.put_nowait(_Prompt(text))
@@ -160,15 +163,16 @@ class Responder:
                     sentences.put_nowait(rest)
                 full = f"{full} {written}".strip() if full else written
                 if not calls or self._tools is None:
-                    return Reply(full)
+                    return Reply(full, exchanges=tuple(exchanges))
                 messages.append(assistant_calling(written, calls))
+                exchanges.append(assistant_calling("", calls))  # its words are in the reply
                 for call in calls:
-                    outcome = await self._tools.run(call, say)
-                    messages.append(
-                        {"role": "tool", "content": outcome.result, "tool_name": call.name}
-                    )
+                    outcome = await self._tools.run(call, language, say)
+                    result = {"role": "tool", "content": outcome.result, "tool_name": call.name}
+                    messages.append(result)
+                    exchanges.append(result)
                     if outcome.handover is not None:
-                        return Reply(full, outcome.handover, outcome.reason)
+                        return Reply(full, outcome.handover, outcome.reason, tuple(exchanges))
             raise AssertionError("unreachable")  # itertools.count() never ends
         finally:
             sentences.put_nowait(None)  # the speaker ends after what was written

@@ -77,7 +77,6 @@ class CallPolicy:
     tools: Toolbox | None = None  # what the model may call (the agent's); None: no tools
     tool_lines: ToolLines = field(default_factory=ToolLines)
     max_tool_rounds: int = 3  # tool calls and answers in one reply before it must speak
-    goodbye: str = "Thank you for calling. Goodbye."
 
 
 @dataclass
@@ -296,6 +295,7 @@ class CallSession:
             await self._fail_over("reply", f"{type(exc).__name__}: {exc}")
             return
         await self._responder.wait_played()
+        self._dialog.tools_used(reply.exchanges)
         self._said(reply.text, interrupted=False, timing=timing)
         if reply.handover == "transfer":
             await self.transfer(self._policy.fallback_number, reason=f"asked: {reply.reason}")
@@ -307,10 +307,11 @@ class CallSession:
     async def _end_call(self, reply: Reply) -> None:
         """The model ended the call: a goodbye unless it said one, then a polite hang-up."""
         if not reply.text:
+            goodbye = self._policy.tool_lines.say("goodbye", self.language)
             with contextlib.suppress(SpeechFailed):
-                await self._responder.speak_prompt(self._policy.goodbye, self.language)
+                await self._responder.speak_prompt(goodbye, self.language)
                 await self._responder.wait_played()
-            self._said(self._policy.goodbye, interrupted=False)
+            self._said(goodbye, interrupted=False)
         log.info("call %s: the bot ends the call (%s)", self.call_id, reply.reason)
         with contextlib.suppress(CallNotReady):
             await self.hangup("NORMAL_CLEARING")

@@ -40,11 +40,26 @@ class ToolOutcome:
 
 @dataclass(frozen=True)
 class ToolLines:
-    """Fixed phrases a tool call may need, spoken from the prompt cache."""
+    """Fixed phrases a tool call may need, by the call's language, spoken from the prompt
+    cache (so the same words cost one synthesis per service, not one per call)."""
 
-    filler: str = "One moment, please."
-    failed: str = "Sorry, I couldn't do that just now."
+    filler: tuple[tuple[str, str], ...] = (
+        ("en", "One moment, please."),
+        ("ru", "Одну минуту, пожалуйста."),
+    )
+    failed: tuple[tuple[str, str], ...] = (
+        ("en", "Sorry, I couldn't do that just now."),
+        ("ru", "Извините, сейчас это не получилось."),
+    )
+    goodbye: tuple[tuple[str, str], ...] = (
+        ("en", "Thank you for calling. Goodbye."),
+        ("ru", "Спасибо за звонок. До свидания."),
+    )
     filler_after_s: float = 0.7
+
+    def say(self, which: Literal["filler", "failed", "goodbye"], language: str) -> str:
+        lines = dict(getattr(self, which))
+        return lines.get(language, lines["en"])
 
 
 class ToolRunner:
@@ -66,7 +81,9 @@ class ToolRunner:
     def specs(self) -> list[dict[str, Any]]:
         return self.toolbox.specs()
 
-    async def run(self, call: ToolCall, say: Callable[[str], Awaitable[None]]) -> ToolOutcome:
+    async def run(
+        self, call: ToolCall, language: str, say: Callable[[str], Awaitable[None]]
+    ) -> ToolOutcome:
         """Carry out `call`; `say` queues a fixed phrase after what the caller already hears."""
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -76,7 +93,7 @@ class ToolRunner:
         elif (tool := self.toolbox.get(call.name)) is not None and tool.builtin:
             outcome = self._builtin(call)
         else:
-            outcome = await self._webhook(call, say)
+            outcome = await self._webhook(call, language, say)
         duration_ms = round((loop.time() - started) * 1000)
         log.info(
             "call %s: tool %s %s in %d ms",
@@ -118,16 +135,18 @@ class ToolRunner:
             return ToolOutcome("the message is saved and will be passed on", ok=True)
         return ToolOutcome(f"error: {call.name} is not available", ok=False)
 
-    async def _webhook(self, call: ToolCall, say: Callable[[str], Awaitable[None]]) -> ToolOutcome:
+    async def _webhook(
+        self, call: ToolCall, language: str, say: Callable[[str], Awaitable[None]]
+    ) -> ToolOutcome:
         work = asyncio.create_task(self.toolbox.run_webhook(call.name, call.arguments))
         try:
             done, _ = await asyncio.wait({work}, timeout=self._lines.filler_after_s)
             if not done:
-                await say(self._lines.filler)  # no dead air while the webhook works
+                await say(self._lines.say("filler", language))  # no dead air meanwhile
             return ToolOutcome(await work, ok=True)
         except ToolFailed as exc:
             log.warning("call %s: %s", self.call_id, exc)
-            await say(self._lines.failed)
+            await say(self._lines.say("failed", language))
             return ToolOutcome(
                 f"error: the tool failed ({exc}); the caller was told it could not be done now",
                 ok=False,
