@@ -268,6 +268,21 @@ def test_the_app_serves_the_agents_of_its_files(tmp_path: Path, stt: Any, tts: A
         assert agents.for_did("15550000000").name == "default"
 
 
+def test_an_agent_with_its_own_voice_gets_its_own_voice_and_prompt_cache(
+    tmp_path: Path, stt: Any, tts: Any
+) -> None:
+    settings = _files(tmp_path, TWO_NUMBERS.replace("order_status", "take_message"))
+    settings = settings.model_copy(update={"tts": "edge", "tts_voice": ""})
+    with TestClient(create_app(settings, stt=stt, tts=tts)) as client:
+        services = client.app.state.services  # type: ignore[attr-defined]
+        bakery = services.agents.for_did("15551230001")
+        voiced = services.engines_for(bakery)
+        assert voiced.tts.engines[0].voices["en"] == "en-US-JennyNeural"
+        assert voiced.prompts is not services.engines.prompts
+        assert services.engines_for(bakery) is voiced  # made once a voice
+        assert services.engines_for(services.agents.for_did("15550000000")) is services.engines
+
+
 # --- `voiceai serve` -----------------------------------------------------------------------
 
 

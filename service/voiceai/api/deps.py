@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import hmac
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,8 +15,10 @@ from voiceai.agents import Agent, Agents
 from voiceai.config import Settings
 from voiceai.conversation.registry import CallRegistry
 from voiceai.conversation.session import CallPolicy, Engines
+from voiceai.engines.tts import build_tts
 from voiceai.events import EventBus
 from voiceai.metrics import Metrics
+from voiceai.prompts import PromptCache
 from voiceai.store import CallStore
 from voiceai.telephony.esl import EslClient
 
@@ -35,7 +38,24 @@ class Services:
     agents: Agents  # by dialled number; SIGHUP replaces it, calls keep the agent they took
     # Outbound calls being dialled: their prompt/greeting overrides, by call id.
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    voiced: dict[str, Engines] = field(default_factory=dict)  # by an agent's own voice
     background: set[asyncio.Task[None]] = field(default_factory=set)  # e.g. calls being dialled
+
+    def engines_for(self, agent: Agent) -> Engines:
+        """The shared engines, or a copy that speaks with the agent's own edge-tts voice (made
+        once a voice, with its own prompt cache: a greeting is cached in the voice it is in)."""
+        if not agent.voice or agent.voice == self.settings.tts_voice:
+            return self.engines
+        if self.settings.tts not in ("edge", "auto"):
+            return self.engines  # the offline voices are the same for every agent
+        engines = self.voiced.get(agent.voice)
+        if engines is None:
+            tts = build_tts(self.settings.model_copy(update={"tts_voice": agent.voice}))
+            slug = hashlib.sha256(agent.voice.encode()).hexdigest()[:12]
+            prompts = PromptCache(tts, self.settings.media_dir / "prompts" / slug)
+            engines = dataclasses.replace(self.engines, tts=tts, prompts=prompts)
+            self.voiced[agent.voice] = engines
+        return engines
 
     def agent_for(self, call_id: str, did: str | None) -> tuple[Agent, CallPolicy]:
         """Who answers a call: the agent of the number dialled, with an outbound call's own

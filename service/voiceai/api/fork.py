@@ -87,7 +87,7 @@ async def fork(ws: WebSocket, call_id: str) -> None:
             rate=rate,
             channels=channels,
             language=language,
-            engines=svc.engines,
+            engines=svc.engines_for(agent),
             policy=policy,
             info=CallInfo(meta.caller, meta.caller_name, meta.callee, meta.direction),
         )
