@@ -134,6 +134,14 @@ class RunningService:
     http: str
     ws: str
     settings: Settings
+    app: Any = None
+    loop: asyncio.AbstractEventLoop | None = None  # the one the service runs on
+
+    def publish(self, event: Any) -> None:
+        """Publishes an event on the service's bus, as a call does, from the test's thread."""
+        assert self.loop is not None
+        bus = self.app.state.services.bus
+        self.loop.call_soon_threadsafe(bus.publish, event)
 
     def get(self, path: str, **kwargs: Any) -> httpx.Response:
         return httpx.get(self.http + path, timeout=10, **kwargs)
@@ -185,7 +193,9 @@ def service_factory(tmp_path: Path, stt: WhisperSTT) -> Iterator[Any]:
                 raise RuntimeError("service did not start")
             time.sleep(0.02)
         servers.append((server, thread))
-        return RunningService(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}", settings)
+        loop = server.servers[0].get_loop()
+        http, ws = f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}"
+        return RunningService(http, ws, settings, app, loop)
 
     yield start
     for server, thread in servers:

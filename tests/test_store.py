@@ -1,5 +1,5 @@
-"""Call records on SQLite and on a real PostgreSQL server: migrations, what the events write,
-and what happens while the database cannot be written."""
+"""Call records on SQLite and on a real PostgreSQL server: migrations, what the events write
+(turns, tool calls, messages), and what happens while the database cannot be written."""
 
 from __future__ import annotations
 
@@ -42,12 +42,14 @@ from voiceai.events import (
     CallHangup,
     CallStarted,
     EventBus,
+    MessageTaken,
+    ToolCalled,
     TranscriptFinal,
     TtsAudio,
 )
 from voiceai.store import RECORDED, Base, CallStore, Recorder
 
-HEAD = "0002"
+HEAD = "0003"
 
 
 def said(call_id: str, words: str, **fields: Any) -> TranscriptFinal:
@@ -292,6 +294,98 @@ def test_the_call_record_reads_the_typed_events(database_url: str) -> None:
     assert bot["timings"] == {"first_audio": 700, "interrupted": True}
 
 
+def message(call_id: str, name: str, text: str, **fields: Any) -> MessageTaken:
+    return MessageTaken(
+        call_id=call_id, name=name, callback_number="5550100", message=text, **fields
+    )
+
+
+def test_tool_calls_and_messages_are_kept_in_the_call_record_and_listed_newest_first(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """tool.called and message.taken land in their call's record, in order; /api/messages'
+    listing is newest first, pages, and filters by `since`; a message for a call not recorded,
+    or one that ended, is not stored and the log says so without the caller's words."""
+    t0 = time.time() - 600
+
+    async def scenario() -> tuple[Any, ...]:
+        store = CallStore(database_url)
+        for event in (
+            CallStarted(call_id="c1", caller="+15550101", at=t0),
+            said("c1", "where is my order", at=t0 + 1),
+            ToolCalled(
+                call_id="c1",
+                name="order_status",
+                arguments={"order_number": "123", "detail": {"items": [1, 2]}},
+                result="shipped",
+                ok=True,
+                duration_ms=420,
+                at=t0 + 2,
+            ),
+            ToolCalled(
+                call_id="c1",
+                name="order_status",
+                arguments={},
+                result="timed out after 3 s",
+                ok=False,
+                duration_ms=3000,
+                at=t0 + 3,
+            ),
+            message("c1", "Ann", "call me\x00back", at=t0 + 4),
+            CallStarted(call_id="c2", caller="+15550102", at=t0 + 5),
+            message("c2", "Bob", "second", at=t0 + 10),
+            message("c2", "Bob", "third", at=t0 + 20),
+            CallEnded(call_id="c1", reason="hangup", at=t0 + 30),
+            message("c1", "Ann", "after the end, secret words", at=t0 + 31),
+            message("never-seen", "Eve", "secret words", at=t0 + 32),
+            ToolCalled(
+                call_id="never-seen", name="x", arguments={}, result="", ok=True, duration_ms=1
+            ),
+        ):
+            await store.apply(event)
+        record, other = await store.get_call("c1"), await store.get_call("c2")
+        listed = await store.list_messages(None, 50, 0)
+        page = await store.list_messages(None, 1, 1)
+        since = await store.list_messages(datetime.fromtimestamp(t0 + 10, UTC), 50, 0)
+        await store.aclose()
+        return record, other, listed, page, since
+
+    record, other, (listed, total), (page, _), (since, since_total) = asyncio.run(scenario())
+    assert record is not None and other is not None
+    first, failed = record["tool_calls"]
+    assert (first["name"], first["result"], first["ok"], first["duration_ms"]) == (
+        "order_status",
+        "shipped",
+        True,
+        420,
+    )
+    assert first["arguments"] == {"order_number": "123", "detail": {"items": [1, 2]}}
+    assert instant(first["at"]).timestamp() == pytest.approx(t0 + 2)
+    assert (failed["ok"], failed["result"]) == (False, "timed out after 3 s")
+    (taken,) = record["messages"]
+    assert (taken["name"], taken["callback_number"], taken["message"]) == (
+        "Ann",
+        "5550100",
+        "call me\ufffdback",  # PostgreSQL refuses a NUL in text
+    )
+    assert taken["call_id"] == "c1" and other["tool_calls"] == []
+    assert [m["message"] for m in other["messages"]] == ["second", "third"]
+    assert total == 3
+    assert [(m["message"], m["call_id"], m["caller"]) for m in listed] == [
+        ("third", "c2", "+15550102"),
+        ("second", "c2", "+15550102"),
+        ("call me\ufffdback", "c1", "+15550101"),
+    ]
+    assert [m["message"] for m in page] == ["second"]
+    assert since_total == 2 and [m["message"] for m in since] == ["third", "second"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "voiceai.store"]
+    assert any("call c1: a message was taken for a call that had ended" in w for w in warnings)
+    assert any(
+        "call never-seen: a message was taken for a call that was never" in w for w in warnings
+    )
+    assert not any("secret" in w for w in warnings)
+
+
 def test_text_any_backend_refuses_is_recorded_cleaned(database_url: str) -> None:
     """PostgreSQL refuses a NUL in text and a string longer than its column, where SQLite
     keeps both: a caller's odd metadata or a long failure reason must not lose the record."""
@@ -350,11 +444,21 @@ def test_reusing_an_ended_calls_id_keeps_its_record(database_url: str) -> None:
 def test_old_records_are_pruned_and_the_rest_survive_restarts(database_url: str) -> None:
     long_ago = time.time() - 100 * 86400
 
-    async def scenario() -> tuple[int, dict | None, dict | None, dict | None]:
+    async def scenario() -> tuple[int, dict | None, dict | None, dict | None, int]:
         store = CallStore(database_url)
         for event in (
             CallStarted(call_id="ancient", caller="+1", at=long_ago),
             said("ancient", "long ago", at=long_ago),
+            message("ancient", "Ann", "long ago", at=long_ago + 1),
+            ToolCalled(
+                call_id="ancient",
+                name="order_status",
+                arguments={},
+                result="shipped",
+                ok=True,
+                duration_ms=5,
+                at=long_ago + 2,
+            ),
             CallEnded(call_id="ancient", reason="hangup", at=long_ago + 60),
             CallStarted(call_id="ancient-active", caller="+2", at=long_ago),
             CallStarted(call_id="fresh", caller="+1555"),
@@ -364,11 +468,13 @@ def test_old_records_are_pruned_and_the_rest_survive_restarts(database_url: str)
         await store.aclose()
         reopened = CallStore(database_url)  # a restart
         records = [await reopened.get_call(i) for i in ("fresh", "ancient", "ancient-active")]
+        _, messages = await reopened.list_messages(None, 50, 0)
         await reopened.aclose()
-        return pruned, *records
+        return pruned, *records, messages
 
-    pruned, fresh, ancient, active = asyncio.run(scenario())
+    pruned, fresh, ancient, active, messages = asyncio.run(scenario())
     assert pruned == 1 and ancient is None
+    assert messages == 0  # a pruned call's messages (and tool calls) go with it
     assert active is not None  # a call still in progress is never pruned
     assert fresh is not None and fresh["caller"] == "+1555" and fresh["errors"] == []
 
@@ -461,11 +567,17 @@ def test_events_held_while_the_database_is_unwritable_are_written_once_it_is_aga
         await eventually(lambda: turns(1), "the first turn written")
         outage.refuse()
         bus.publish(said("c1", "during"))
+        bus.publish(
+            ToolCalled(
+                call_id="c1", name="lookup", arguments={}, result="ok", ok=True, duration_ms=9
+            )
+        )
         bus.publish(BotSaid(call_id="c1", text="a reply"))
+        bus.publish(message("c1", "Ann", "please call back"))
         bus.publish(CallEnded(call_id="c1", reason="hangup"))
 
         async def held() -> bool:
-            return store.health.held_events == 3 and not store.healthy
+            return store.health.held_events == 5 and not store.healthy
 
         await eventually(held, "the call's events held")
         while_out = [store.healthy, store.last_error, store.health.write_failures > 0]
@@ -485,6 +597,8 @@ def test_events_held_while_the_database_is_unwritable_are_written_once_it_is_aga
     assert "[SQL" not in error and "parameters" not in error  # the driver's words only
     assert record is not None and record["status"] == "ended"
     assert [t["text"] for t in record["turns"]] == ["before", "during", "a reply"]
+    assert [t["name"] for t in record["tool_calls"]] == ["lookup"]
+    assert [m["message"] for m in record["messages"]] == ["please call back"]
     assert (lost, error_after) == (0, None)
     assert store_errors(caplog, "c1") == []  # nothing lost, nothing to report per call
 

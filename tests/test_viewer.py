@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -417,3 +418,96 @@ def test_page_reconnects_after_the_live_socket_drops_and_asks_for_a_right_token(
     reconnected, retried_with_wrong_token = asyncio.run(scenario())
     assert reconnected == 2
     assert retried_with_wrong_token == 0
+
+
+def test_tool_calls_and_messages_show_live_and_in_the_record_as_text_never_markup(
+    service_factory: Callable[..., RunningService],
+) -> None:
+    """tool.called and message.taken from the live socket become lines in the call's
+    transcript (a failed tool in red); after a reload the ended call's record shows the same
+    lines in the same order; a caller's markup in a message is shown as text, never run."""
+    service = service_factory(api_token=TOKEN)
+    hostile = '<img src=x onerror="window.pwned=1"><b id="injected">call me</b>'
+    t0 = time.time()
+    published = [
+        events.CallStarted(call_id="c1", caller="+15550142", at=t0),
+        events.TranscriptFinal(
+            call_id="c1", text="Where is order 123?", start_ms=0, end_ms=900, at=t0 + 0.1
+        ),
+        events.ToolCalled(
+            call_id="c1",
+            name="order_status",
+            arguments={"order_number": 123},
+            result="shipped",
+            ok=True,
+            duration_ms=420,
+            at=t0 + 0.2,
+        ),
+        events.ToolCalled(
+            call_id="c1",
+            name="order_eta",
+            arguments={"order_number": "123", "note": "as soon as possible"},
+            result="timed out after 3 s",
+            ok=False,
+            duration_ms=3000,
+            at=t0 + 0.3,
+        ),
+        events.BotSaid(call_id="c1", text="It has shipped.", at=t0 + 0.4),
+        events.MessageTaken(
+            call_id="c1",
+            name="Ann <i>",
+            callback_number="5550100",
+            message=hostile,
+            at=t0 + 0.5,
+        ),
+    ]
+    expected = [
+        "Where is order 123?",
+        "🔧 order_status(order_number=123) → 'shipped' · 420 ms",
+        '🔧 order_eta(order_number=123, note="as soon as possible") → '
+        "'timed out after 3 s' · 3.00 s",
+        "It has shipped.",
+        f"✉ message from Ann <i>, call back 5550100: {hostile}",
+    ]
+
+    async def scenario() -> dict[str, Any]:
+        async with viewer() as view:
+            page = view.page
+            await view.open(service, f"#token={TOKEN}")
+            await expect(page.locator("#conn")).to_have_attribute("data-state", "live")
+            for event in published:
+                service.publish(event)
+            card = view.card("c1")
+            lines = card.locator(".line .text")
+            await expect(lines).to_have_text(expected)
+            tools = card.locator(".line.tool")
+            await expect(tools.last).to_have_class(re.compile(r"\bfailed\b"))
+            colors = [
+                await tool.evaluate("node => getComputedStyle(node).color")
+                for tool in await tools.all()
+            ]
+            danger = await page.evaluate(
+                "getComputedStyle(document.body).getPropertyValue('--danger').trim()"
+            )
+            live_injected = await page.locator("#injected, .transcript img, .transcript i").count()
+
+            service.publish(events.CallEnded(call_id="c1", reason="hangup", at=t0 + 1))
+            await asyncio.to_thread(service.wait_for_call, "c1")
+            await page.reload()  # a fresh page: the ended call comes from its record
+            await expect(card).to_have_attribute("data-state", "ended")
+            await expect(lines).to_have_text(expected)
+            await expect(card.locator(".line.message")).to_have_count(1)
+            await expect(card.locator(".line.tool.failed")).to_have_count(1)
+            return {
+                "colors": colors,
+                "danger": danger,
+                "live_injected": live_injected,
+                "injected": await page.locator("#injected, .transcript img, .transcript i").count(),
+                "not_pwned": await page.evaluate("window.pwned === undefined"),
+            }
+
+    facts = asyncio.run(scenario())
+    ok_color, failed_color = facts["colors"]
+    assert facts["danger"] == "#c62828"
+    assert failed_color == "rgb(198, 40, 40)" != ok_color  # red only when the tool failed
+    assert facts["live_injected"] == 0 and facts["injected"] == 0 and facts["not_pwned"]

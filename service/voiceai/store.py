@@ -1,4 +1,5 @@
-"""Call records: a call and its turns, written as they happen (SQLAlchemy; SQLite by default).
+"""Call records: a call, its turns, its tool calls and the messages taken, written as they
+happen (SQLAlchemy; SQLite by default).
 
 The schema is migrated by Alembic at start (voiceai/migrations). While the database cannot be
 written, each call's events are held and retried; what is given up is said once per call.
@@ -23,6 +24,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
     Engine,
     ForeignKey,
@@ -52,7 +54,9 @@ from voiceai.events import (
     CallStarted,
     CallTransferred,
     EventBus,
+    MessageTaken,
     Subscription,
+    ToolCalled,
     TranscriptFinal,
     TtsAudio,
 )
@@ -130,6 +134,12 @@ class CallRow(Base):
     engines: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     recording: Mapped[str | None] = mapped_column(_Str(512))
     turns: Mapped[list[TurnRow]] = relationship(order_by="TurnRow.id", cascade="all, delete-orphan")
+    tool_calls: Mapped[list[ToolCallRow]] = relationship(
+        order_by="ToolCallRow.id", cascade="all, delete-orphan"
+    )
+    messages: Mapped[list[MessageRow]] = relationship(
+        order_by="MessageRow.id", cascade="all, delete-orphan"
+    )
 
 
 class TurnRow(Base):
@@ -144,6 +154,34 @@ class TurnRow(Base):
     end_ms: Mapped[int | None] = mapped_column(Integer)
     timings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ToolCallRow(Base):
+    """A tool the model used during a reply (tool.called)."""
+
+    __tablename__ = "tool_calls"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    call_id: Mapped[str] = mapped_column(ForeignKey("calls.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(_Str(128))
+    arguments: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    result: Mapped[str] = mapped_column(_Text())
+    ok: Mapped[bool] = mapped_column(Boolean)
+    duration_ms: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class MessageRow(Base):
+    """A message for the business, taken by the take_message tool (message.taken)."""
+
+    __tablename__ = "messages"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    call_id: Mapped[str] = mapped_column(ForeignKey("calls.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    name: Mapped[str] = mapped_column(_Str(256))
+    callback_number: Mapped[str] = mapped_column(_Str(64))
+    message: Mapped[str] = mapped_column(_Text())
 
 
 def _at(event: BaseEvent) -> datetime:
@@ -256,6 +294,12 @@ class CallStore:
     ) -> tuple[list[dict[str, Any]], int]:
         return await self._run(self._list_calls, status, limit, offset)
 
+    async def list_messages(
+        self, since: datetime | None, limit: int, offset: int
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Messages taken, newest first; `since`: only those taken at or after it."""
+        return await self._run(self._list_messages, since, limit, offset)
+
     async def prune(self, older_than_days: int) -> int:
         """Delete ended calls that started more than `older_than_days` ago; returns how many."""
         return await self._run(self._prune, older_than_days)
@@ -343,7 +387,36 @@ class CallStore:
                             created_at=_at(event),
                         )
                     )
-                case TranscriptFinal() | BotSaid():
+                case ToolCalled() if _open(row):
+                    db.add(
+                        ToolCallRow(
+                            call_id=event.call_id,
+                            name=event.name,
+                            arguments=event.arguments,
+                            result=event.result,
+                            ok=event.ok,
+                            duration_ms=event.duration_ms,
+                            at=_at(event),
+                        )
+                    )
+                case MessageTaken() if _open(row):
+                    db.add(
+                        MessageRow(
+                            call_id=event.call_id,
+                            at=_at(event),
+                            name=event.name,
+                            callback_number=event.callback_number,
+                            message=event.message,
+                        )
+                    )
+                case MessageTaken():
+                    # A message someone waits on: its loss is said (not its words: the caller's).
+                    log.warning(
+                        "call %s: a message was taken for a call %s: it is not stored",
+                        event.call_id,
+                        "that was never recorded" if row is None else "that had ended",
+                    )
+                case TranscriptFinal() | BotSaid() | ToolCalled():
                     pass  # a turn of a call never recorded, or of one that ended: not this call's
                 case _:
                     if row is not None:
@@ -367,6 +440,18 @@ class CallStore:
             ).all()
             return [_as_record(row, with_turns=False) for row in rows], total
 
+    def _list_messages(
+        self, since: datetime | None, limit: int, offset: int
+    ) -> tuple[list[dict[str, Any]], int]:
+        with Session(self._engine) as db:
+            query = select(MessageRow, CallRow.caller).join(CallRow)
+            if since is not None:
+                query = query.where(MessageRow.at >= _utc(since))
+            total = db.scalar(select(func.count()).select_from(query.subquery())) or 0
+            newest_first = query.order_by(MessageRow.at.desc(), MessageRow.id.desc())
+            rows = db.execute(newest_first.limit(limit).offset(offset)).all()
+            return [{**_as_message(m), "caller": caller} for m, caller in rows], total
+
     def _prune(self, older_than_days: int) -> int:
         cutoff = datetime.now(UTC) - timedelta(days=older_than_days)
         with Session(self._engine) as db, db.begin():
@@ -374,7 +459,7 @@ class CallStore:
                 select(CallRow).where(CallRow.started_at < cutoff, CallRow.status != "active")
             ).all()
             for row in old:
-                db.delete(row)  # its turns go with it (cascade)
+                db.delete(row)  # its turns, tool calls and messages go with it (cascade)
             return len(old)
 
     async def aclose(self) -> None:
@@ -465,7 +550,35 @@ def _as_record(row: CallRow, *, with_turns: bool = True) -> dict[str, Any]:
             }
             for t in row.turns
         ]
+        record["tool_calls"] = [
+            {
+                "name": t.name,
+                "arguments": t.arguments,
+                "result": t.result,
+                "ok": t.ok,
+                "duration_ms": t.duration_ms,
+                "at": t.at.isoformat(),
+            }
+            for t in row.tool_calls
+        ]
+        record["messages"] = [_as_message(m) for m in row.messages]
     return record
+
+
+def _as_message(row: MessageRow) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "call_id": row.call_id,
+        "at": row.at.isoformat(),
+        "name": row.name,
+        "callback_number": row.callback_number,
+        "message": row.message,
+    }
+
+
+def _utc(moment: datetime) -> datetime:
+    """A time as the records hold it: SQLite compares the text of UTC times (a naive one is UTC)."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 RECORDED: tuple[type[BaseEvent], ...] = (
@@ -479,6 +592,8 @@ RECORDED: tuple[type[BaseEvent], ...] = (
     CallHangup,
     CallTransferred,
     CallError,
+    ToolCalled,
+    MessageTaken,
 )
 
 

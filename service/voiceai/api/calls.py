@@ -1,15 +1,17 @@
-"""/api/calls: the call records, and an operator's controls over calls in progress."""
+"""/api/calls: the call records, and an operator's controls over calls in progress;
+/api/messages: the messages callers left (the take_message tool)."""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import re
 import uuid
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field, field_validator
 
@@ -19,7 +21,8 @@ from voiceai.conversation.session import CallNotReady, CallSession
 from voiceai.telephony import commands
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/api/calls", tags=["calls"], dependencies=[Depends(require_token)])
+calls_router = APIRouter(prefix="/api/calls", tags=["calls"])
+messages_router = APIRouter(prefix="/api/messages", tags=["messages"])
 
 E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
 # A number or an extension: what the dialplan's fallback bridges to the gateway (and what
@@ -61,7 +64,7 @@ class Say(BaseModel):
     text: str = Field(min_length=1, max_length=2000, description="What the bot says now")
 
 
-@router.get("")
+@calls_router.get("")
 async def list_calls(
     request: Request,
     status: Literal["dialing", "active", "ended", "failed"] | None = None,
@@ -73,16 +76,16 @@ async def list_calls(
     return {"calls": records, "total": total, "limit": limit, "offset": offset}
 
 
-@router.get("/{call_id}")
+@calls_router.get("/{call_id}")
 async def get_call(call_id: str, request: Request) -> dict[str, Any]:
-    """One call with its turns, timings, engines, hangup cause and errors."""
+    """One call with its turns, timings, tool calls, messages, engines, hangup cause, errors."""
     record = await services(request).store.get_call(call_id)
     if record is None:
         raise HTTPException(404, f"no call {call_id!r}")
     return record
 
 
-@router.get("/{call_id}/recording")
+@calls_router.get("/{call_id}/recording")
 async def get_recording(call_id: str, request: Request) -> FileResponse:
     svc = services(request)
     record = await svc.store.get_call(call_id)
@@ -97,7 +100,7 @@ async def get_recording(call_id: str, request: Request) -> FileResponse:
     return FileResponse(local, media_type="audio/wav", filename=f"{call_id}.wav")
 
 
-@router.post("", status_code=202)
+@calls_router.post("", status_code=202)
 async def place_call(body: NewCall, request: Request) -> dict[str, str]:
     """Call a number through the RingCentral gateway; the bot talks when the callee answers."""
     svc = services(request)
@@ -111,7 +114,7 @@ async def place_call(body: NewCall, request: Request) -> dict[str, str]:
     if body.greeting is not None:
         overrides["greeting"] = body.greeting
     if overrides:
-        svc.overrides[call_id] = dataclasses.replace(svc.policy, **overrides)
+        svc.overrides[call_id] = overrides
     svc.bus.publish(events.CallDialing(call_id=call_id, to=body.to))
     task = asyncio.create_task(_dial(svc, call_id, body.to))
     svc.background.add(task)
@@ -167,7 +170,7 @@ def _require_esl(svc: Services) -> None:
         raise HTTPException(503, "FreeSWITCH's event socket is not connected")
 
 
-@router.post("/{call_id}/hangup", status_code=202)
+@calls_router.post("/{call_id}/hangup", status_code=202)
 async def hangup(call_id: str, request: Request) -> dict[str, str]:
     call = await _active_or_ended(request, call_id)
     _require_esl(services(request))
@@ -178,7 +181,7 @@ async def hangup(call_id: str, request: Request) -> dict[str, str]:
     return {"status": "hanging up"}
 
 
-@router.post("/{call_id}/transfer", status_code=202)
+@calls_router.post("/{call_id}/transfer", status_code=202)
 async def transfer(call_id: str, body: Transfer, request: Request) -> dict[str, str]:
     call = await _active_or_ended(request, call_id)
     _require_esl(services(request))
@@ -190,7 +193,7 @@ async def transfer(call_id: str, body: Transfer, request: Request) -> dict[str, 
     return {"status": "transferred", "to": body.to}
 
 
-@router.post("/{call_id}/say", status_code=202)
+@calls_router.post("/{call_id}/say", status_code=202)
 async def say(call_id: str, body: Say, request: Request) -> dict[str, str]:
     call = await _active_or_ended(request, call_id)
     try:
@@ -200,15 +203,49 @@ async def say(call_id: str, body: Say, request: Request) -> dict[str, str]:
     return {"status": "speaking"}
 
 
-@router.post("/{call_id}/mute")
+@calls_router.post("/{call_id}/mute")
 async def mute(call_id: str, request: Request) -> JSONResponse:
     call = await _active_or_ended(request, call_id)
     call.set_muted(True)
     return JSONResponse({"muted": True})
 
 
-@router.post("/{call_id}/unmute")
+@calls_router.post("/{call_id}/unmute")
 async def unmute(call_id: str, request: Request) -> JSONResponse:
     call = await _active_or_ended(request, call_id)
     call.set_muted(False)
     return JSONResponse({"muted": False})
+
+
+@messages_router.get("")
+async def list_messages(
+    request: Request,
+    since: Annotated[
+        datetime | None,
+        Query(description="Only messages taken at or after this time (ISO 8601 or unix seconds)"),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+) -> dict[str, Any]:
+    """Messages callers left, newest first, each with its call and the caller's number."""
+    start = None if since is None else _utc(since)
+    messages, total = await services(request).store.list_messages(start, limit, offset)
+    return {"messages": messages, "total": total, "limit": limit, "offset": offset}
+
+
+def _utc(moment: datetime) -> datetime:
+    """`since` in UTC (a time without an offset is UTC); one UTC cannot hold is a 422."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError as exc:  # e.g. 9999-12-31T23:00-05:00: after year 9999 in UTC
+        raise RequestValidationError(
+            [{"type": "value_error", "loc": ("query", "since"), "msg": "out of range"}]
+        ) from exc
+
+
+# Both behind the API token; the app includes this one router.
+router = APIRouter(dependencies=[Depends(require_token)])
+router.include_router(calls_router)
+router.include_router(messages_router)

@@ -10,6 +10,7 @@
   const BACKOFF_MAX_MS = 15000;
   const STABLE_MS = 5000; // a connection that lived this long resets the backoff
   const ARM_MS = 4000; // how long "Confirm hang up" waits for the second tap
+  const TOOL_TEXT_MAX = 160; // a tool's arguments and result beyond this show in the tooltip only
   const STAGES = [
     ["end_of_turn", "end of turn"],
     ["transcript", "transcript ready"],
@@ -221,8 +222,8 @@
       applyInfo(call, record);
       // Lists come without turns: a call this page never saw needs its full record.
       const full = unseen ? await api("GET", `api/calls/${encodeURIComponent(record.id)}`) : null;
-      const turns = full && full.ok && full.data ? full.data.turns : record.turns;
-      if (Array.isArray(turns)) setTurns(call, turns);
+      const whole = full && full.ok && full.data ? full.data : record;
+      if (Array.isArray(whole.turns)) setTurns(call, whole.turns, whole);
       endCall(call, endedAt);
       call.endedAt = endedAt; // the record knows better than the snapshot that missed the end
       call.missedEnd = false;
@@ -538,25 +539,92 @@
     return li;
   }
 
-  function setTurns(call, turns) {
+  // The transcript from a snapshot's turns, or from a record: its turns, tool calls and messages
+  // in the order they happened (the live session's snapshot has turns only).
+  function setTurns(call, turns, record) {
     call.transcriptEl.replaceChildren();
     call.partial = null;
     call.reply = null;
     call.lastBot = null;
-    for (const turn of turns) {
-      if (!turn || typeof turn !== "object") continue;
-      const speaker = turn.speaker === "bot" ? "bot" : "caller";
-      const li = makeLine(speaker, str(turn.text));
-      if (speaker === "bot") {
-        if (turn.interrupted === true) markInterrupted(li);
-        if (turn.timings && num(turn.timings.playback_started) !== null) {
-          renderLatency(li, turn.timings);
-        }
-        call.lastBot = li;
-      }
-      call.transcriptEl.appendChild(li);
+    for (const { kind, item } of timeline(turns, record)) {
+      if (kind === "tool") call.transcriptEl.appendChild(toolLine(item, parseTime(item.at)));
+      else if (kind === "message") {
+        call.transcriptEl.appendChild(messageLine(item, parseTime(item.at)));
+      } else call.transcriptEl.appendChild(turnLine(call, item));
     }
     call.transcriptEl.scrollTop = call.transcriptEl.scrollHeight;
+  }
+
+  function timeline(turns, record) {
+    const entries = [];
+    const add = (kind, list) => {
+      if (!Array.isArray(list)) return;
+      for (const item of list) {
+        if (item && typeof item === "object") {
+          entries.push({ kind, item, at: parseTime(item.at) ?? 0, order: entries.length });
+        }
+      }
+    };
+    add("turn", turns);
+    if (record && typeof record === "object") {
+      add("tool", record.tool_calls);
+      add("message", record.messages);
+    }
+    return entries.sort((a, b) => a.at - b.at || a.order - b.order);
+  }
+
+  function turnLine(call, turn) {
+    const speaker = turn.speaker === "bot" ? "bot" : "caller";
+    const li = makeLine(speaker, str(turn.text));
+    if (speaker === "bot") {
+      if (turn.interrupted === true) markInterrupted(li);
+      if (turn.timings && num(turn.timings.playback_started) !== null) {
+        renderLatency(li, turn.timings);
+      }
+      call.lastBot = li;
+    }
+    return li;
+  }
+
+  function clip(text, max) {
+    return text.length > max ? `${text.slice(0, max - 1)}…` : text;
+  }
+
+  // A tool's argument as the model gave it: a plain word bare, anything else as JSON.
+  function argText(value) {
+    if (typeof value === "string" && /^[\w.+@:/-]+$/.test(value)) return value;
+    try {
+      return JSON.stringify(value) ?? str(value);
+    } catch {
+      return str(value);
+    }
+  }
+
+  // "🔧 order_status(order_number=123) → 'shipped' · 420 ms"; red when the tool failed.
+  function toolLine(data, at) {
+    const args = data.arguments && typeof data.arguments === "object" ? data.arguments : {};
+    const invocation = `${str(data.name)}(${Object.entries(args)
+      .map(([key, value]) => `${key}=${argText(value)}`)
+      .join(", ")})`;
+    const result = str(data.result);
+    const duration = num(data.duration_ms) === null ? "" : ` · ${fmtMs(data.duration_ms)}`;
+    const shown = `${clip(invocation, TOOL_TEXT_MAX)} → '${clip(result, TOOL_TEXT_MAX)}'`;
+    const li = makeLine("system", `🔧 ${shown}${duration}`, at);
+    li.classList.add("tool");
+    const failed = data.ok !== true;
+    if (failed) li.classList.add("failed");
+    li.dataset.ok = String(!failed);
+    li.title = [clockTime(at), `${invocation} → ${result}`].filter(Boolean).join("\n");
+    return li;
+  }
+
+  // "✉ message from NAME, call back NUMBER: TEXT", set apart: someone has to act on it.
+  function messageLine(data, at) {
+    const from = str(data.name) || "unknown caller";
+    const back = str(data.callback_number) ? `, call back ${str(data.callback_number)}` : "";
+    const li = makeLine("system", `✉ message from ${from}${back}: ${str(data.message)}`, at);
+    li.classList.add("message");
+    return li;
   }
 
   function callerSpeaking(call, at) {
@@ -679,6 +747,8 @@
     "dtmf",
     "call.muted",
     "call.transferred",
+    "tool.called",
+    "message.taken",
   ]);
 
   const handlers = {
@@ -774,6 +844,12 @@
       setState(call, "transferred");
       const why = str(data.reason);
       systemLine(call, `transferred to ${str(data.to)}${why ? ` (${why})` : ""}`, "info", event.at);
+    },
+    "tool.called"(call, data, event) {
+      append(call, toolLine(data, event.at));
+    },
+    "message.taken"(call, data, event) {
+      append(call, messageLine(data, event.at));
     },
     "call.error"(call, data, event) {
       const kind = str(data.kind);
