@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from websockets.asyncio.client import connect
 
 from tests.conftest import words
 from tests.speech import Speech
@@ -247,7 +248,7 @@ def test_take_message_stores_a_message_the_api_lists(service_factory, tts, speec
             "take_message", name="Ann Lee", callback_number="+15550123", message="Call me back"
         )
 
-    async def scenario() -> tuple[dict[str, Any], httpx.Response]:
+    async def scenario() -> tuple[dict[str, Any], httpx.Response, dict[str, Any]]:
         with OllamaEmulator(reply=reply) as ollama:
             async with talking_service(
                 service_factory, tts, ollama_url=ollama.url, greeting=""
@@ -257,11 +258,16 @@ def test_take_message_stores_a_message_the_api_lists(service_factory, tts, speec
                     await call.converse([caller_says(speech, "callback")])
                     taken = await call.wait_event(events.MESSAGE_TAKEN)
                     await call.wait_event(events.BOT_SAID)
+                    async with connect(f"{service.ws}/ws/live") as late:  # a viewer comes late
+                        snapshot = json.loads(await late.recv())
                     await call.end()
                 listed = await asyncio.to_thread(service.get, "/api/messages")
-                return taken, listed
+                return taken, listed, snapshot
 
-    taken, listed = asyncio.run(scenario())
+    taken, listed, snapshot = asyncio.run(scenario())
+    (summary,) = snapshot["data"]["calls"]
+    assert [t["name"] for t in summary["tool_calls"]] == ["take_message"]
+    assert summary["messages"][0]["message"] == "Call me back"
     assert taken["data"] == {
         "name": "Ann Lee",
         "callback_number": "+15550123",

@@ -111,6 +111,8 @@ class CallSession:
         self.hangup_cause: str | None = None
         self.transferred_to: str | None = None
         self.transcript: list[dict[str, object]] = []  # the call so far, for late viewers
+        self.tool_calls: list[dict[str, object]] = []  # and what its tools did
+        self.messages: list[dict[str, object]] = []
         self._engines = engines
         self._bus = engines.bus
         self._policy = policy
@@ -146,7 +148,7 @@ class CallSession:
             tools=ToolRunner(
                 call_id,
                 policy.tools,
-                self._bus,
+                self._tool_event,
                 policy.tool_lines,
                 can_transfer=bool(policy.fallback_number),
             )
@@ -226,7 +228,9 @@ class CallSession:
                 backchannel=backchannel,
             )
         )
-        self.transcript.append({"speaker": "caller", "text": transcript.text, "timings": {}})
+        self.transcript.append(
+            {"speaker": "caller", "text": transcript.text, "timings": {}, "at": time.time()}
+        )
         if backchannel or self.state in (State.TRANSFERRED, State.ENDED):
             return
         self._dialog.caller_said(transcript.text)  # a muted bot still hears, for later
@@ -345,7 +349,9 @@ class CallSession:
                 timings=timings,
             )
         )
-        self.transcript.append({"speaker": "bot", "text": heard, "timings": timings})
+        self.transcript.append(
+            {"speaker": "bot", "text": heard, "timings": timings, "at": time.time()}
+        )
 
     def _stop_reply(self) -> None:
         """Stop what the bot is saying or preparing; what was heard is kept (interrupted)."""
@@ -605,7 +611,18 @@ class CallSession:
             "started_at": self.started_at,
             "muted": self.muted,
             "turns": list(self.transcript),
+            "tool_calls": list(self.tool_calls),
+            "messages": list(self.messages),
         }
+
+    def _tool_event(self, event: events.BaseEvent) -> None:
+        """A tool's event: published, and kept for the summary a late viewer gets."""
+        entry = {**event.data, "at": event.at}
+        if isinstance(event, events.ToolCalled):
+            self.tool_calls.append(entry)
+        elif isinstance(event, events.MessageTaken):
+            self.messages.append(entry)
+        self._bus.publish(event)
 
     # -- plumbing -----------------------------------------------------------------------------
 

@@ -22,7 +22,6 @@ from typing import Any, Literal
 
 from voiceai import events
 from voiceai.engines.llm import ToolCall
-from voiceai.events import EventBus
 from voiceai.tools.toolbox import Toolbox, ToolFailed
 
 log = logging.getLogger(__name__)
@@ -67,14 +66,14 @@ class ToolRunner:
         self,
         call_id: str,
         toolbox: Toolbox,
-        bus: EventBus,
+        publish: Callable[[events.BaseEvent], object],
         lines: ToolLines,
         *,
         can_transfer: bool,
     ) -> None:
         self.call_id = call_id
         self.toolbox = toolbox
-        self._bus = bus
+        self._publish = publish  # the session's: it keeps them for late viewers too
         self._lines = lines
         self._can_transfer = can_transfer
 
@@ -102,7 +101,7 @@ class ToolRunner:
             "ok" if outcome.ok else "failed",
             duration_ms,
         )
-        self._bus.publish(
+        self._publish(
             events.ToolCalled(
                 call_id=self.call_id,
                 name=call.name,
@@ -124,7 +123,7 @@ class ToolRunner:
         if call.name == "end_call":
             return ToolOutcome("ending the call", True, "end_call", reason)
         if call.name == "take_message":
-            self._bus.publish(
+            self._publish(
                 events.MessageTaken(
                     call_id=self.call_id,
                     name=str(args.get("name", "")),

@@ -539,8 +539,8 @@
     return li;
   }
 
-  // The transcript from a snapshot's turns, or from a record: its turns, tool calls and messages
-  // in the order they happened (the live session's snapshot has turns only).
+  // The transcript from a snapshot or a record: its turns, tool calls and messages in the order
+  // they happened.
   function setTurns(call, turns, record) {
     call.transcriptEl.replaceChildren();
     call.partial = null;
@@ -762,7 +762,7 @@
         if (call.ended) continue; // ended here already; the snapshot raced its end
         applyInfo(call, summary);
         if (summary.state) setState(call, summary.state);
-        if (Array.isArray(summary.turns)) setTurns(call, summary.turns);
+        if (Array.isArray(summary.turns)) setTurns(call, summary.turns, summary);
       }
       for (const call of calls.values()) {
         if (!call.ended && !seen.has(call.id)) {
