@@ -910,46 +910,69 @@ def print_wer(en_rows: list[WerRow], ru_rows: list[WerRow], note: str) -> None:
 # --- part 6: CPU of the turn-taking path -----------------------------------------------------
 
 
-def cpu_audio(mixer: Mixer, clips: Sequence[Speech]) -> bytes:
-    """60 s of the clips in pink line noise, 0.8 s of line between them: L16 at RATE."""
+def cpu_audio(mixer: Mixer, clips: Sequence[Speech], gap_s: float = 0.8) -> bytes:
+    """60 s of the clips in pink line noise, `gap_s` of line between them: L16 at RATE.
+    0.8 s: back-to-back turns (the worst case); ~6 s: a call's rhythm (the bot answers)."""
     condition = Condition("pink", NOISE_SNR)
-    bed = mixer.bed(condition)
+    bed = np.tile(mixer.bed(condition), 8)
     pieces: list[np.ndarray] = []
     while sum(p.size for p in pieces) < 60 * RATE:
         for clip in clips:
-            pieces += [bed[: int(0.8 * RATE)], mixer.mix(clip, condition)]
+            pieces += [bed[: int(gap_s * RATE)], mixer.mix(clip, condition)]
     return np.concatenate(pieces)[: 60 * RATE].astype("<i2").tobytes()
 
 
-async def cpu_row(label: str, make: Callable[[], Any], audio: bytes, judge: Any = None) -> str:
+async def cpu_row(
+    label: str,
+    make: Callable[[], Any],
+    audio: bytes,
+    judge: Any = None,
+    words: WhisperSTT | None = None,
+) -> str:
     """Feed 20 ms packets as the fork does (FrameChunker, then the detector); process CPU time.
 
-    `judge`: an end-of-turn model run on every SpeechPaused, as the service does at a pause.
+    `judge`: an end-of-turn model run at a SpeechPaused: at every one, or, given `words` (the
+    STT), only where the service runs it: when the pause's transcript leaves the verdict open
+    (engines/turn.py's judge and worth_a_listen). Whisper's own CPU is not counted.
     """
+    from voiceai.engines.turn import judge as judge_words
+    from voiceai.engines.turn import worth_a_listen
+
     detector = make()
     chunker = FrameChunker(detector.frame_bytes)
-    step, checks, turns = FRAME * 2, 0, 0
+    step, checks, turns, pauses = FRAME * 2, 0, 0, 0
     cpu, wall = time.process_time(), time.perf_counter()
+    excluded = 0.0
     for i in range(0, len(audio), step):
         for frame in chunker.push(audio[i : i + step]):
             for event in detector.push(frame):
                 kind = type(event).__name__
                 turns += kind == "TurnEnded"
-                if judge is not None and kind == "SpeechPaused":
-                    pause = to_float(resample(event.audio, RATE, WHISPER_RATE))
-                    await judge.complete_probability(pause)
-                    checks += 1
-    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+                if judge is None or kind != "SpeechPaused":
+                    continue
+                pauses += 1
+                pause = to_float(resample(event.audio, RATE, WHISPER_RATE))
+                if words is not None:
+                    before = time.process_time()
+                    said = await words.transcribe(pause, "en")
+                    excluded += time.process_time() - before
+                    text = said.text if said else None
+                    sure = said.tail_confidence if said else 1.0
+                    if not worth_a_listen(judge_words(text, "en", None, 0.5, sure), text):
+                        continue
+                await judge.complete_probability(pause)
+                checks += 1
+    cpu, wall = time.process_time() - cpu - excluded, time.perf_counter() - wall
     per_s = cpu * 1000 / (len(audio) / 2 / RATE)
     calls = f"{1000 / per_s:.0f}" if per_s > 0 else "inf"
-    checked = f", {checks} model checks" if judge is not None else ""
+    checked = f", {checks} model checks at {pauses} pauses" if judge is not None else ""
     return (
         f"  {label:<44}{per_s:>8.2f}{calls:>8}   ≥ 100   ({turns} turns{checked}, "
         f"wall {wall * 1000 / 60:.2f} ms/s)"
     )
 
 
-async def part_cpu(audio: bytes) -> list[str]:
+async def part_cpu(audio: bytes, stt: WhisperSTT, call_rhythm: bytes) -> list[str]:
     """The detector as `TurnDetector(rate, 20, TurnConfig())`; then, when this version of the
     service has them, with its neural VAD and its end-of-turn model (both being added now)."""
     rows = []
@@ -974,8 +997,12 @@ async def part_cpu(audio: bytes) -> list[str]:
         rows.append(await cpu_row("  same, Silero VAD", silero, audio))
         model = SmartTurn()
         try:
-            label = "  same, Silero VAD + Smart Turn at pauses"
+            label = "  same, Silero VAD + Smart Turn at every pause"
             rows.append(await cpu_row(label, silero, audio, model))
+            label = "  same, Smart Turn where the service runs it"
+            rows.append(await cpu_row(label, silero, audio, model, words=stt))
+            label = "  same, on a call's rhythm (6 s of line between)"
+            rows.append(await cpu_row(label, silero, call_rhythm, model, words=stt))
         finally:
             model.close()
     except Exception as exc:
@@ -1059,13 +1086,14 @@ async def main(quick: bool) -> None:
                     print(f"  (warning: the caller's line ran dry {bench.gaps} times)")
         await switch.stop()
         print_wer(*await part_wer(stt, load_manifest(), work, plan.wer_clips))
-        await stt.aclose()
         took("5")
         print("\nPart 6 · CPU of ingest + VAD + turn model, 60 s of speech in pink 15 dB noise")
         print(f"  {'detector':<44}{'ms/s':>8}{'calls':>8}   target (calls per core)")
-        for row in await part_cpu(cpu_audio(mixer, clips)):
+        rhythm = cpu_audio(mixer, clips, gap_s=6.0)
+        for row in await part_cpu(cpu_audio(mixer, clips), stt, rhythm):
             print(row, flush=True)
         print("  ms of process CPU per s of audio (every thread counted; Whisper not included)")
+        await stt.aclose()
         took("6")
         print(f"\n(total {time.monotonic() - began:.0f} s)")
     finally:

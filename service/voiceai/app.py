@@ -11,6 +11,7 @@ from functools import partial
 
 import numpy as np
 from fastapi import FastAPI
+from threadpoolctl import threadpool_limits
 
 from voiceai import __version__, events
 from voiceai.agents import AgentsReloader, load_configured_agents
@@ -18,7 +19,7 @@ from voiceai.api import calls, fork, guards, live, routes, viewer
 from voiceai.api.deps import Services
 from voiceai.audio.turns import TurnConfig
 from voiceai.audio.vad import SileroModel, VadError
-from voiceai.config import Settings
+from voiceai.config import Settings, hide_url_password
 from voiceai.conversation.registry import CallRegistry
 from voiceai.conversation.session import CallPolicy, Engines
 from voiceai.conversation.tools import ToolLines
@@ -31,8 +32,8 @@ from voiceai.events import EventBus
 from voiceai.metrics import Metrics
 from voiceai.prompts import PromptCache
 from voiceai.store import CallStore, record_events
-from voiceai.telephony.control import EslCallControl
 from voiceai.telephony.esl import EslClient, EslEvent
+from voiceai.telephony.switches import Switch, Switches
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,22 @@ ESL_CUSTOM = (
 
 
 async def load_stt(settings: Settings) -> SpeechToText:
+    if settings.stt_engine == "openai":
+        from voiceai.engines.openai_stt import OpenAISTT
+
+        remote = OpenAISTT(
+            settings.stt_url,
+            settings.stt_model,
+            api_key=settings.stt_api_key.get_secret_value(),
+            timeout_s=settings.stt_timeout_s,
+            no_speech_threshold=settings.stt_no_speech_threshold,
+        )
+        log.info("STT: %s at %s", remote.model_name, hide_url_password(settings.stt_url))
+        if settings.stt_language == "ru" and not remote.multilingual:
+            log.warning(
+                "STT model %s is English-only (*.en): Russian needs another", remote.model_name
+            )
+        return remote
     workers, threads = settings.stt_concurrency()
     stt = await asyncio.to_thread(
         WhisperSTT,
@@ -167,6 +184,9 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # One BLAS thread: calls run side by side, and OpenBLAS's idle threads spin. Measured:
+        # a Smart Turn check cost 85 ms of CPU for 42 ms of work, a transcription 12 % more.
+        threadpool_limits(limits=1, user_api="blas")
         settings.media_dir.mkdir(parents=True, exist_ok=True)
         agents = await asyncio.to_thread(load_configured_agents, settings)  # a bad file: no start
         store = CallStore(settings.database_url)
@@ -174,17 +194,18 @@ def create_app(
         calls = CallRegistry()
         stt_engine = stt or await load_stt(settings)
         vad, turn_model = await asyncio.to_thread(load_turn_taking, settings)
-        esl = _event_socket(settings, calls, bus)
+        switches = _event_sockets(settings, calls, bus)
         tts_engine = tts or build_tts(settings)
         # Without FreeSWITCH's event socket the bot cannot speak: don't load a model for nothing.
-        llm_engine = llm or (await build_llm(settings) if esl is not None else None)
+        llm_engine = llm or (await build_llm(settings) if switches else None)
         llm_warming = asyncio.create_task(_warm_up_llm(llm_engine))
         offered = agents.for_did(None).toolbox.specs()
         if llm_engine is not None and (why_not := tools_warning(llm_engine, offered)):
             log.warning("%s", why_not)
         prompts = PromptCache(tts_engine, settings.media_dir / "prompts")
         await warm_up_models(settings, stt_engine, tts_engine, prompts, turn_model)
-        control = EslCallControl(esl) if esl is not None else None
+        # The default switch's; a call's own switch replaces it (api/fork.py).
+        control = switches.default.control if switches.default else None
         transcriber = TranscriptionScheduler(stt_engine, workers=settings.stt_concurrency()[0])
         engines = Engines(
             transcriber, llm_engine, tts_engine, control, prompts, bus, vad, turn_model
@@ -192,17 +213,17 @@ def create_app(
         metrics = Metrics()
         metrics.watch_stt(transcriber)
         metrics.watch_store(store)
+        metrics.watch_switches(switches)
         watching_loop = asyncio.create_task(metrics.watch_loop(), name="loop-lag")
         app.state.services = Services(
-            settings, bus, store, engines, esl, call_policy(settings), calls, metrics, agents
+            settings, bus, store, engines, switches, call_policy(settings), calls, metrics, agents
         )
         reloader = AgentsReloader(settings, partial(setattr, app.state.services, "agents"))
         reloader.install(asyncio.get_running_loop())
         recorder = asyncio.create_task(record_events(bus, store), name="recorder")
         counting = asyncio.create_task(metrics.consume(bus), name="metrics")
         pruner = asyncio.create_task(_prune_records(store, settings.retention_days))
-        if esl is not None:
-            await esl.start()
+        await switches.start()
         try:
             yield
         finally:
@@ -213,8 +234,7 @@ def create_app(
             pruner.cancel()
             watching_loop.cancel()
             await transcriber.aclose()
-            if esl is not None:
-                await esl.stop()
+            await switches.stop()
             recorder.cancel()  # it writes what is still queued before it stops
             counting.cancel()
             await asyncio.gather(
@@ -266,20 +286,40 @@ async def _warm_up_llm(llm: LanguageModel | None) -> None:
         log.warning("LLM %s warm-up failed: %s", llm.name, exc)
 
 
-def _event_socket(settings: Settings, calls: CallRegistry, bus: EventBus) -> EslClient | None:
+def _event_sockets(settings: Settings, calls: CallRegistry, bus: EventBus) -> Switches:
+    """One event socket a FreeSWITCH (VOICEAI_FREESWITCHES, or VOICEAI_ESL_HOST/PORT)."""
     password = settings.esl_password.get_secret_value()
     if not password:
         log.warning("no VOICEAI_ESL_PASSWORD: calls are transcribed but the bot cannot speak")
-        return None
+        return Switches()
+    sockets = settings.event_sockets()
+    switches = Switches(
+        [_switch(settings, name, host, port, password) for name, host, port in sockets]
+    )
+    for switch in switches:
+        _wire(switch, switches, calls, bus, named=len(sockets) > 1)
+    return switches
+
+
+def _switch(settings: Settings, name: str, host: str, port: int, password: str) -> Switch:
     esl = EslClient(
-        settings.esl_host,
-        settings.esl_port,
+        host,
+        port,
         password,
         events=ESL_EVENTS,
         custom=ESL_CUSTOM,
         reconnect_max_s=3.0,  # a restarted FreeSWITCH is back in seconds; callers can't wait
         heartbeat_s=settings.esl_heartbeat_s,
     )
+    return Switch(name, esl)
+
+
+def _wire(
+    switch: Switch, switches: Switches, calls: CallRegistry, bus: EventBus, *, named: bool
+) -> None:
+    """Events to the call they name (uuids are unique across switches); a lost socket to the
+    calls on that switch only."""
+    where = f"FreeSWITCH {switch.name}" if named else "FreeSWITCH"
 
     async def route(event: EslEvent) -> None:
         # Events are routed by the JSON body's Unique-ID only (caller data cannot forge it).
@@ -289,14 +329,15 @@ def _event_socket(settings: Settings, calls: CallRegistry, bus: EventBus) -> Esl
             cause = event.headers.get("Hangup-Cause")
             bus.publish(events.CallHangup(call_id=event.uuid, cause=cause))
         elif event.subclass == "mod_audio_fork::connect_failed":
-            log.error("FreeSWITCH could not connect the fork of %s: %s", event.uuid, event.body)
+            log.error("%s could not connect the fork of %s: %s", where, event.uuid, event.body)
 
     def state_changed(state: str) -> None:
-        log.info("FreeSWITCH event socket %s", state)
+        log.info("%s event socket %s", where, state)
         bus.publish(events.EslState(state=state))  # type: ignore[arg-type]
         if state == "disconnected":
-            calls.connection_lost()
+            for call_id in switches.calls_on(switch):
+                if (call := calls.get(call_id)) is not None:
+                    call.on_esl_lost()
 
-    esl.on_event(route)
-    esl.on_state(state_changed)
-    return esl
+    switch.esl.on_event(route)
+    switch.esl.on_state(state_changed)
