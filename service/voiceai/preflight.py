@@ -17,7 +17,8 @@ DATABASE_TIMEOUT_S = 15.0
 def check_startup(settings: Settings) -> None:
     check_media_dir(settings.media_dir)
     check_database(settings.database_url)
-    check_stt_model(settings.stt_model)
+    if settings.stt_engine == "whisper":  # a transcription server has its own model
+        check_stt_model(settings.stt_model)
     check_agents(settings)
 
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 
-from voiceai.config import Settings
+from voiceai.config import Settings, hide_url_password
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
@@ -470,6 +470,17 @@ async def build_llm(settings: Settings) -> LanguageModel:
     elif settings.llm == "embedded":
         engine = EmbeddedLLM(settings.embedded_model, **embedded_args)
         why = "VOICEAI_LLM=embedded"
+    elif settings.llm == "openai":
+        from voiceai.engines.openai_chat import OpenAIChatLLM  # it imports this module
+
+        engine = OpenAIChatLLM(
+            settings.openai_url,
+            settings.openai_model,
+            api_key=settings.openai_api_key.get_secret_value(),
+            max_tokens=settings.llm_max_tokens,
+            first_token_timeout_s=settings.llm_timeout_s,
+        )
+        why = f"VOICEAI_LLM=openai at {hide_url_password(settings.openai_url)}"
     elif not await probe_ollama(url):
         why = f"auto: no Ollama answers at {url} yet"
         embedded = _embedded_or_explain(settings, embedded_args, why)

@@ -8,9 +8,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from faster_whisper import WhisperModel
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +91,11 @@ class WhisperSTT:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stt")
         self._timeout_s = timeout_s
         self._no_speech_threshold = no_speech_threshold
+
+    @property
+    def whisper(self) -> WhisperModel:
+        """The loaded faster-whisper model (the transcription server emulator serves it)."""
+        return self._model
 
     async def transcribe(self, audio: np.ndarray, language: str | None) -> Transcript | None:
         if not self.multilingual:
