@@ -433,6 +433,26 @@ def test_an_lost_transcription_is_reported_and_the_call_goes_on(tmp_path: Path) 
     on_fake_clock(scenario)
 
 
+def test_speech_recognition_down_for_two_turns_gets_the_apology_and_the_fallback(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        call = CoreCall(tmp_path, fallback_number="+14155550100")
+        call.stt.fail = True
+        await call.caller_says("Hello?")
+        await call.settle(1)
+        assert call.switch.named("transfer") == []  # one lost turn may be a hiccup
+        await call.caller_says("Hello, can you hear me?")
+        await call.until(lambda: call.session.state is State.TRANSFERRED)
+        # Two lost turns, then the hand-over that names the failed step.
+        assert [e.kind for e in call.received(events.CallError)] == ["stt", "stt", "stt"]
+        (apology,) = call.received(events.BotSaid)
+        assert apology.text == "Sorry, something went wrong."
+        await call.session.finish("hangup")
+
+    on_fake_clock(scenario)
+
+
 def test_the_line_noise_alone_opens_no_turn(tmp_path: Path) -> None:
     async def scenario() -> None:
         call = CoreCall(tmp_path)

@@ -57,6 +57,9 @@ class Host:
         self.turns.append(transcript.text)
         self.heard.set()
 
+    def on_turn_lost(self, error: str) -> None:
+        raise AssertionError(f"no turn should be lost here: {error}")
+
 
 def caller_audio() -> bytes:
     with wave.open(str(CLIP)) as clip:

@@ -48,6 +48,10 @@ class ListenerHost(Protocol):
 
     def on_turn(self, turn: TurnEnded, transcript: Transcript, timing: TurnTiming) -> None: ...
 
+    def on_turn_lost(self, error: str) -> None:
+        """A turn speech recognition could not transcribe (the caller was not heard)."""
+        ...
+
 
 _Queued = tuple[TurnEnded, TurnTiming, "asyncio.Task[Transcript | None] | None"]
 
@@ -246,6 +250,7 @@ class Listener:
                 self._bus.publish(
                     events.CallError(call_id=self.call_id, kind="stt", message=str(exc))
                 )
+                self._host.on_turn_lost(str(exc))
                 continue
             timing.mark("transcript")
             if transcript is None:

@@ -40,6 +40,7 @@ from voiceai.tools.toolbox import Toolbox
 log = logging.getLogger(__name__)
 
 BREAK_CONFIRM_S = 2.0  # longest wait for FreeSWITCH to confirm a break with PLAYBACK_STOP
+LOST_TURNS_IN_A_ROW = 2  # untranscribable turns before the caller is handed over
 HANGUP_CAUSE_WAIT_S = 1.0  # the fork often closes just before CHANNEL_HANGUP_COMPLETE arrives
 
 
@@ -163,6 +164,7 @@ class CallSession:
         self._reply_timing: TurnTiming | None = None
         self._barged_in_this_turn = False
         self._said_cannot_speak = False
+        self._lost_turns = 0  # in a row that speech recognition could not transcribe
         self._failing_over = False  # the apology and hand-over are under way: no barge-in
         self._hung_up = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -209,8 +211,20 @@ class CallSession:
         self._machine.fire(Trigger.BARGE_IN)
         self._stop_reply()
 
+    def on_turn_lost(self, error: str) -> None:
+        """The caller spoke and was not understood, so got no answer. Once may be a hiccup;
+        LOST_TURNS_IN_A_ROW times means speech recognition is down: apologise and hand over."""
+        self._lost_turns += 1
+        if self._lost_turns < LOST_TURNS_IN_A_ROW or self.state is not State.LISTENING:
+            return
+        if self.muted or not self._can_speak(report=False):
+            return
+        self._lost_turns = 0
+        self._start_reply(self._fail_over("stt", error))
+
     def on_turn(self, turn: TurnEnded, transcript: Transcript, timing: TurnTiming) -> None:
         self.turn_count += 1
+        self._lost_turns = 0
         if self._dialog.language is None and transcript.language in ("en", "ru"):
             self._dialog.language = transcript.language
         # A short turn while the bot talks or thinks ("mhm") is a backchannel, not a question.
