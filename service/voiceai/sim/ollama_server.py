@@ -29,8 +29,6 @@ import argparse
 import asyncio
 import json
 import re
-import socket
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +40,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from voiceai.sim.background import BackgroundServer
 
 # One scripted item: text, or a tool call (a `tool_call(...)` dict, or a ToolCall-like object).
 ReplyItem = str | Mapping[str, Any] | Any
@@ -184,8 +184,7 @@ class OllamaEmulator:
                 Route("/api/generate", self._generate, methods=["POST"]),
             ]
         )
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._background = BackgroundServer(self.app, host, port, "ollama-emulator")
 
     @property
     def url(self) -> str:
@@ -194,36 +193,11 @@ class OllamaEmulator:
     # --- lifecycle ---------------------------------------------------------------------
 
     def start(self, timeout_s: float = 10.0) -> OllamaEmulator:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self.app,
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            timeout_graceful_shutdown=1,  # streams still open at stop are cut, not awaited
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, name="ollama-emulator", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + timeout_s
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                sock.close()
-                raise RuntimeError(f"Ollama emulator did not start on {self.url}")
-            time.sleep(0.01)
+        self.port = self._background.start(timeout_s)
         return self
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        if self._server is None or self._thread is None:
-            return
-        self._server.should_exit = True
-        self._thread.join(timeout_s)
-        self._server = self._thread = None
+        self._background.stop(timeout_s)
 
     def __enter__(self) -> OllamaEmulator:
         return self.start()

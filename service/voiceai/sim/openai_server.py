@@ -30,8 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -48,6 +46,7 @@ from starlette.routing import Route
 
 from voiceai.audio.pcm import decode_bytes, to_float
 from voiceai.engines.openai_stt import LANGUAGE_NAMES
+from voiceai.sim.background import BackgroundServer
 from voiceai.sim.ollama_server import ReplyFn, polite_echo, split_pieces, tool_call
 
 __all__ = ["OpenAIEmulator", "polite_echo", "tool_call"]
@@ -151,8 +150,7 @@ class OpenAIEmulator:
                 Route("/v1/audio/transcriptions", self._transcriptions, methods=["POST"]),
             ]
         )
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._background = BackgroundServer(self.app, host, port, "openai-emulator")
 
     @property
     def url(self) -> str:
@@ -162,36 +160,11 @@ class OpenAIEmulator:
     # --- lifecycle ---------------------------------------------------------------------
 
     def start(self, timeout_s: float = 10.0) -> OpenAIEmulator:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self.app,
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            timeout_graceful_shutdown=1,  # streams still open at stop are cut, not awaited
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, name="openai-emulator", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + timeout_s
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                sock.close()
-                raise RuntimeError(f"OpenAI emulator did not start on {self.url}")
-            time.sleep(0.01)
+        self.port = self._background.start(timeout_s)
         return self
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        if self._server is None or self._thread is None:
-            return
-        self._server.should_exit = True
-        self._thread.join(timeout_s)
-        self._server = self._thread = None
+        self._background.stop(timeout_s)
 
     def __enter__(self) -> OpenAIEmulator:
         return self.start()
