@@ -59,6 +59,7 @@ test: setup
 # Speed and cost figures (printed, not asserted).
 bench: setup
     HF_HUB_OFFLINE=1 {{bin}}/python bench/stt_speed.py
+    HF_HUB_OFFLINE=1 {{bin}}/python bench/stt_concurrency.py
     HF_HUB_OFFLINE=1 {{bin}}/python bench/ingest_cost.py
     HF_HUB_OFFLINE=1 {{bin}}/python bench/turn_latency.py
     HF_HUB_OFFLINE=1 {{bin}}/python bench/turn_taking.py
