@@ -45,6 +45,7 @@ class HeldSTT:
 class Host:
     def __init__(self) -> None:
         self.turns: list[str] = []
+        self.ended_after_ms: list[float] = []  # silence after the last word when the turn ended
         self.heard = asyncio.Event()
 
     def on_speech_started(self, at_ms: int) -> None:
@@ -55,6 +56,7 @@ class Host:
 
     def on_turn(self, turn: TurnEnded, transcript: Transcript, timing: TurnTiming) -> None:
         self.turns.append(transcript.text)
+        self.ended_after_ms.append(timing.as_ms()["end_of_turn"])
         self.heard.set()
 
     def on_turn_lost(self, error: str) -> None:
@@ -106,6 +108,44 @@ def test_a_saturated_scheduler_gets_one_transcription_a_turn_and_no_early_ones()
         assert host.turns == ["She had your dark suit in greasy wash water all year."]
         assert stt.caller_runs == 1
         await asyncio.gather(*others)
+        await listener.finish()
+        await scheduler.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_pause_whose_transcription_still_waits_for_a_worker_ends_at_the_silence_rule() -> None:
+    async def scenario() -> None:
+        stt = HeldSTT()
+        scheduler = TranscriptionScheduler(stt, workers=1)
+        other = asyncio.create_task(scheduler.transcribe(blocker(), "en", call_id="other"))
+        await asyncio.sleep(0.01)  # the only worker is busy; nothing waits: not saturated
+        assert not scheduler.saturated
+        host = Host()
+        turn = TurnConfig()
+        listener = Listener(
+            "caller",
+            rate=16000,
+            channels=1,
+            turn=turn,
+            stt=scheduler,
+            bus=EventBus(),
+            host=host,
+            language=lambda: "en",
+            partials=False,
+        )
+        audio = caller_audio()
+        for at in range(0, len(audio), 640):
+            listener.feed(audio[at : at + 640])
+            await asyncio.sleep(0)
+        stt.release.set()
+        async with asyncio.timeout(10):
+            await host.heard.wait()
+        # Its words could not judge the pause in time: the 700 ms rule ended it, not the
+        # unfinished turn's 1200 ms.
+        (ended,) = host.ended_after_ms
+        assert turn.end_of_turn_ms <= ended < turn.incomplete_ms
+        await other
         await listener.finish()
         await scheduler.aclose()
 

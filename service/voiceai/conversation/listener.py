@@ -89,6 +89,7 @@ class Listener:
         self._chunker = FrameChunker(self._detector.frame_bytes * channels)
         self._turns: asyncio.Queue[_Queued | None] = asyncio.Queue()
         self._early: tuple[SpeechPaused, asyncio.Task[Transcript | None]] | None = None
+        self._early_started = asyncio.Event()  # its transcription left the queue
         self._partial: asyncio.Task[None] | None = None
         self._next_partial_ms = PARTIAL_EVERY_MS
         self._turn_start_ms: int | None = None  # of the turn in progress, for stale partials
@@ -109,6 +110,10 @@ class Listener:
             # Silent that long, the caller has most likely finished: the pause's transcript is
             # the turn's, and waits no longer behind other calls' early ones.
             self._stt_engine.promote(self.call_id)
+            if not self._early_started.is_set():
+                # Its words would come too late to judge the pause: the silence rule ends the
+                # turn now, rather than holding it open until INCOMPLETE_TURN_MS under load.
+                self._detector.decide(self._early[0], Verdict.UNSURE)
 
     def _on_turn_event(self, event: SpeechStarted | SpeechPaused | TurnEnded) -> None:
         if isinstance(event, SpeechStarted):
@@ -168,7 +173,10 @@ class Listener:
     def _transcribe_early(self, paused: SpeechPaused) -> asyncio.Task[Transcript | None]:
         """Transcribe at the pause: the text judges the pause, and is the turn's if it ends."""
         self._drop_early()
-        task = asyncio.create_task(self._transcribe(paused.audio, Priority.EARLY))
+        self._early_started = asyncio.Event()
+        task = asyncio.create_task(
+            self._transcribe(paused.audio, Priority.EARLY, started=self._early_started)
+        )
         self._early = (paused, task)
         return task
 
@@ -225,10 +233,16 @@ class Listener:
         audio_at_call_rate: np.ndarray,
         priority: Priority = Priority.FINAL,
         wanted: Callable[[], bool] | None = None,
+        started: asyncio.Event | None = None,
     ) -> Transcript | None:
         audio = to_float(resample(audio_at_call_rate, self._rate, WHISPER_RATE))
         return await self._stt_engine.transcribe(
-            audio, self._language(), call_id=self.call_id, priority=priority, wanted=wanted
+            audio,
+            self._language(),
+            call_id=self.call_id,
+            priority=priority,
+            wanted=wanted,
+            started=started,
         )
 
     # -- final transcripts, in order ----------------------------------------------------------

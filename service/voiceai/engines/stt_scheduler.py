@@ -47,6 +47,7 @@ class _Job:
     priority: Priority
     wanted: Callable[[], bool]
     future: asyncio.Future[Transcript | None]
+    started: asyncio.Event | None = None  # set when a worker takes it
     queued_at: float = field(default_factory=time.perf_counter)
 
 
@@ -109,8 +110,10 @@ class TranscriptionScheduler:
         call_id: str = "",
         priority: Priority = Priority.FINAL,
         wanted: Callable[[], bool] | None = None,
+        started: asyncio.Event | None = None,
     ) -> Transcript | None:
-        """Queue `audio` and wait for its words; raises STTError, or Dropped for a partial."""
+        """Queue `audio` and wait for its words; raises STTError, or Dropped for a partial.
+        `started` is set when a worker takes the job (its wait in the queue is over)."""
         self.start()
         job = _Job(
             audio,
@@ -119,6 +122,7 @@ class TranscriptionScheduler:
             priority,
             wanted or (lambda: True),
             asyncio.get_running_loop().create_future(),
+            started,
         )
         queue = self._queues[priority]
         jobs = queue.setdefault(call_id, deque())
@@ -187,6 +191,8 @@ class TranscriptionScheduler:
                 while job is None:
                     await self._ready.wait()
                     job = self._next()
+            if job.started is not None:
+                job.started.set()
             waited = time.perf_counter() - job.queued_at
             if self.on_wait is not None:
                 self.on_wait(job.priority, waited)
