@@ -92,6 +92,18 @@ DEFECTS = {
         '"caller":"${caller_id_name}"',
         "caller-controlled ${caller_id_name}",
     ),
+    "metadata without the switch's name": (
+        PUBLIC,
+        ',"switch":"$${fs_switchname}"',
+        "",
+        'the fork metadata has no "switch"',
+    ),
+    "outbound metadata without the switch's name": (
+        OUTBOUND,
+        ',"switch":"$${fs_switchname}"',
+        "",
+        'the fork metadata has no "switch"',
+    ),
     "gateway without password": (
         PROFILE,
         '<param name="password" value="$${rc_password}"/>',
@@ -285,8 +297,13 @@ def test_inbound_call_is_answered_forked_then_parked_with_a_deadline() -> None:
     assert words[2] == "$${fs_fork_url}/fork/${uuid}"
     assert words[3:6] == ["mono", "$${fs_fork_rate}", "voiceai"]
     metadata = json.loads(re.sub(r"\$+\{[^}]*\}", "x", words[6]))
-    assert set(metadata) == {"callId", "caller", "did", "direction", "rate"}
+    assert set(metadata) == {"callId", "caller", "did", "direction", "rate", "switch"}
     assert "${uuid}" in words[6] and '"direction":"inbound"' in words[6]
+    # The switch's name, the same FreeSWITCH gives itself (events' FreeSWITCH-Switchname).
+    assert '"switch":"$${fs_switchname}"' in words[6]
+    switch_conf = ET.parse(CONF / "autoload_configs" / "switch.conf.xml").getroot()
+    names = [p.get("value") for p in switch_conf.iter("param") if p.get("name") == "switchname"]
+    assert names == ["$${fs_switchname}"]
     # The basic-auth credentials come from the environment, as channel variables.
     assert ("set", "MOD_AUDIO_BASIC_AUTH_USERNAME=$${voiceai_fork_user}") in actions
     assert ("set", "MOD_AUDIO_BASIC_AUTH_PASSWORD=$${voiceai_fork_password}") in actions
@@ -413,6 +430,7 @@ def test_filled_env_example_passes_and_blank_one_names_what_is_missing(tmp_path:
         ("FS_SIP_ALLOW_CIDRS", "1.2.3.0/24,nonsense", "'nonsense' is not a network"),
         ("FS_SIP_PORT", "", "is empty"),
         ("FS_EXT_RTP_IP", "my router", "must be an IP"),
+        ("FS_SWITCHNAME", "fs/1", "letters, digits"),
         ("VOICEAI_FALLBACK_NUMBER", "ext 101", "digits"),
         ("RC_TRANSPORT", "tls", "FS_TLS=true"),
         ("VOICEAI_FORK_PASSWORD", "pw", "without VOICEAI_FORK_USER"),

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 
 from fastapi import APIRouter, WebSocket
 from starlette.responses import PlainTextResponse
 
 from voiceai import events
+from voiceai.agents import Agent
 from voiceai.api.deps import Services, services
 from voiceai.conversation.session import CallInfo, CallSession, Engines
 from voiceai.telephony import commands
@@ -28,10 +30,12 @@ from voiceai.telephony.fork import (
     check_rate,
     receive_messages,
 )
+from voiceai.telephony.switches import Switch
 
 log = logging.getLogger(__name__)
 router = APIRouter()
 MAX_NOTED_TEXT = 1000  # of a fork's text frame, into the call's events (and their viewers)
+METADATA_WAIT_S = 1.0  # mod_audio_fork sends it at once; a refused fork is not kept waiting
 
 
 @router.websocket("/fork/{call_id}")
@@ -59,9 +63,11 @@ async def fork(ws: WebSocket, call_id: str) -> None:
         svc.metrics.calls_refused.labels("capacity" if over else "duplicate").inc()
         # Over capacity: 1013 "try again later", and the caller goes to the dialplan's apology
         # and fallback at once (its sched_transfer would do it only after FS_TAKE_TIMEOUT).
+        # Several switches: the metadata names the one whose safety net takes the caller.
+        switch = await _switch_of_refused(ws, svc) if over else None
         await _close(ws, CLOSE_TRY_LATER if over else CLOSE_POLICY, refused)
         if over:
-            task = asyncio.create_task(_to_safety_net(svc, call_id))
+            task = asyncio.create_task(_to_safety_net(switch, call_id))
             svc.background.add(task)
             task.add_done_callback(svc.background.discard)
         return
@@ -82,16 +88,19 @@ async def fork(ws: WebSocket, call_id: str) -> None:
         channels = 2 if ws.query_params.get("mix") == "stereo" else meta.channels
         agent, policy = svc.agent_for(call_id, meta.callee)
         language = meta.language or agent.call_language()
+        switch = svc.switches.get(meta.switch)
         call = CallSession(
             call_id,
             rate=rate,
             channels=channels,
             language=language,
-            engines=svc.engines_for(agent),
+            engines=_engines_on(svc, agent, switch),
             policy=policy,
             info=CallInfo(meta.caller, meta.caller_name, meta.callee, meta.direction),
         )
         svc.calls.add(call)
+        if switch is not None:
+            svc.switches.attach(call_id, switch)
         call.start(
             events.CallStarted(
                 call_id=call_id,
@@ -137,13 +146,34 @@ async def fork(ws: WebSocket, call_id: str) -> None:
                 log.info("call %s ended: %s", call_id, reason)
         finally:
             svc.calls.remove(call_id)  # the place this fork held since it was admitted
+            svc.switches.detach(call_id)
 
 
-async def _to_safety_net(svc: Services, call_id: str) -> None:
-    if svc.esl is None or not svc.esl.connected:
+def _engines_on(svc: Services, agent: Agent, switch: Switch | None) -> Engines:
+    """The agent's engines, commanding the switch the call is on."""
+    engines = svc.engines_for(agent)
+    if switch is None or engines.control is switch.control:
+        return engines
+    return dataclasses.replace(engines, control=switch.control)
+
+
+async def _switch_of_refused(ws: WebSocket, svc: Services) -> Switch | None:
+    """The switch a fork refused at once is on: its metadata's, read when there are several."""
+    if len(svc.switches) < 2:
+        return svc.switches.default
+    meta = ForkMetadata()
+    with contextlib.suppress(Exception):  # no metadata in time, or none at all: the default
+        message = await asyncio.wait_for(ws.receive(), METADATA_WAIT_S)
+        if message.get("text") is not None:
+            meta, _ = ForkMetadata.parse(message["text"])
+    return svc.switches.get(meta.switch)
+
+
+async def _to_safety_net(switch: Switch | None, call_id: str) -> None:
+    if switch is None or not switch.connected:
         return  # the dialplan's own take timeout sends the caller there
     try:
-        await commands.to_safety_net(svc.esl, call_id)
+        await commands.to_safety_net(switch.esl, call_id)
         log.info("call %s: over capacity, sent to the dialplan's apology and fallback", call_id)
     except Exception as exc:
         log.warning(

@@ -17,19 +17,20 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
-    """Ready when calls can be answered and recorded: engines loaded, FreeSWITCH's event
-    socket up, the call records writable."""
+    """Ready when calls can be answered and recorded: engines loaded, an event socket up (of
+    several FreeSWITCH, any one: this replica serves the calls of those it reaches; `switches`
+    shows each), the call records writable."""
     svc = services(request)
     if not svc.settings.public_readyz:
         require_token(request)
-    esl = svc.esl
-    esl_state = "disabled" if esl is None else esl.state
-    ready = esl is None or esl.connected
+    switches = svc.switches
+    ready = not switches or switches.connected
     ready = ready and svc.store.healthy  # calls unrecorded would be lost: not ready
     body = {
         "status": "ready" if ready else "not ready",
-        "esl": esl_state,
-        "esl_error": None if esl is None else esl.last_error,
+        "esl": switches.summary(),
+        "esl_error": switches.last_error(),
+        "switches": switches.states(),
         "database": "ok" if svc.store.healthy else "cannot write",
         "database_error": svc.store.last_error,
         "llm": svc.engines.llm.name if svc.engines.llm else None,

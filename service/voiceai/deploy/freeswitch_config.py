@@ -614,9 +614,15 @@ def _metadata_problems(metadata: str, variables: _Vars) -> Iterator[str]:
     if len(sample) > MAX_METADATA:
         yield f"the fork metadata is longer than {MAX_METADATA} bytes"
     try:
-        json.loads(sample)
+        parsed = json.loads(sample)
     except ValueError as exc:
         yield f"the fork metadata is not JSON ({exc})"
+        return
+    if isinstance(parsed, dict) and "switch" not in parsed:
+        yield (
+            'the fork metadata has no "switch" (e.g. "switch":"$${fs_switchname}"): a service '
+            "serving several FreeSWITCH could not tell which one the call is on"
+        )
 
 
 # --- the environment FreeSWITCH reads ------------------------------------------------------
@@ -707,6 +713,9 @@ FREESWITCH_ENV: dict[str, Callable[[str], str | None]] = {
     "FS_RTP_END_PORT": _port,
     "FS_CODECS": _match(r"[A-Za-z0-9@.-]+(,[A-Za-z0-9@.-]+)*", "must be a comma list of codecs"),
     "FS_SIP_ALLOW_CIDRS": _cidrs,
+    "FS_SWITCHNAME": _match(
+        r"[A-Za-z0-9._-]{1,64}", "must be letters, digits, . _ - (at most 64), e.g. fs1"
+    ),
     "FS_ESL_LISTEN_IP": _ip,
     "FS_ESL_ALLOW_CIDRS": _cidrs,
     "VOICEAI_ESL_PORT": _port,

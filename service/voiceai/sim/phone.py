@@ -55,6 +55,7 @@ class PhoneCall:
         caller: str = "+15550100",
         caller_name: str = "Caller",
         did: str = "15550199",  # the number dialled, digits only as the dialplan sends it
+        switchname: str | None = None,  # FS_SWITCHNAME, as the dialplan puts it in the metadata
         on_event: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.switch = switch
@@ -65,6 +66,7 @@ class PhoneCall:
         self.caller = caller
         self.caller_name = caller_name
         self.did = did
+        self.switchname = switchname
         self.log = CallLog(self.call_id)
         self.channel: Channel | None = None
         self._on_event = on_event
@@ -104,6 +106,8 @@ class PhoneCall:
             "direction": "inbound",
             "rate": f"{self.rate // 1000}k",
         }
+        if self.switchname is not None:
+            metadata["switch"] = self.switchname
         self.switch.start_fork(
             self.channel,
             f"{self.service_ws}/fork/{self.call_id}",

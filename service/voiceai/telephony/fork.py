@@ -31,6 +31,8 @@ TEXT_FRAMES_PER_S, TEXT_BURST = 10.0, 30  # more is a flood, not FreeSWITCH
 DEFAULT_RATE = 16000
 SUPPORTED_RATES = (8000, 16000)
 CALL_ID = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")  # \Z: "$" lets a trailing newline in
+# A FreeSWITCH's switchname (hostnames are these characters; FS_SWITCHNAME is checked to them).
+SWITCH_NAME = re.compile(r"\A[A-Za-z0-9._-]{1,64}\Z")
 
 # Close codes (RFC 6455) the fork endpoint uses.
 CLOSE_NORMAL = 1000
@@ -105,7 +107,8 @@ class ForkMetadata:
     rate: int | None = None  # None: the query's ?rate=, or DEFAULT_RATE
     language: str | None = None
     channels: int = 1
-    extra: dict[str, Any] = field(default_factory=dict)
+    switch: str | None = None  # the FreeSWITCH the call is on (its switchname); None: unnamed
+    extra: dict[str, Any] = field(default_factory=dict)  # the rest, "switch" kept for the record
 
     @classmethod
     def parse(cls, text: str) -> tuple[ForkMetadata, str | None]:
@@ -137,6 +140,14 @@ class ForkMetadata:
         language = _language(language_value)
         if language is None and language_value not in (None, "auto"):
             warnings.append(f"language {_shown(language_value)} is not en or ru; using the default")
+        switch_value = known.get("switch")  # kept in extra too: the record shows what was sent
+        switch = switch_value if isinstance(switch_value, str) else None
+        if switch_value is not None and (switch is None or not SWITCH_NAME.match(switch)):
+            warnings.append(
+                f"switch {_shown(switch_value)} is not a FreeSWITCH name (letters, digits, . _ -);"
+                " using the default switch"
+            )
+            switch = None
         meta = cls(
             caller=_text(take("caller", "callerNumber", "from")),
             caller_name=_text(take("callerName")),
@@ -145,6 +156,7 @@ class ForkMetadata:
             rate=rate,
             language=language,
             channels=2 if mix in ("stereo", 2, "2") else 1,
+            switch=switch,
         )
         meta.extra = known
         return meta, "; ".join(warnings) or None
