@@ -165,7 +165,11 @@ def service_factory(tmp_path: Path, stt: WhisperSTT) -> Iterator[Any]:
     servers: list[tuple[uvicorn.Server, threading.Thread]] = []
 
     def start(
-        *, tts_engine: Any = None, server_options: dict[str, Any] | None = None, **overrides: Any
+        *,
+        tts_engine: Any = None,
+        server_options: dict[str, Any] | None = None,
+        own_stt: bool = False,  # the app loads the STT its settings name, not the shared one
+        **overrides: Any,
     ) -> RunningService:
         port = free_port()
         values: dict[str, Any] = {
@@ -175,7 +179,7 @@ def service_factory(tmp_path: Path, stt: WhisperSTT) -> Iterator[Any]:
         }
         values.update(overrides)
         settings = Settings(**values)
-        app = create_app(settings, stt=stt, tts=tts_engine)
+        app = create_app(settings, stt=None if own_stt else stt, tts=tts_engine)
         config = uvicorn.Config(
             app,
             host="127.0.0.1",

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -49,7 +51,7 @@ from voiceai.events import (
 )
 from voiceai.store import RECORDED, Base, CallStore, Recorder
 
-HEAD = "0003"
+HEAD = "0004"
 
 
 def said(call_id: str, words: str, **fields: Any) -> TranscriptFinal:
@@ -174,6 +176,40 @@ def test_a_new_database_is_migrated_to_the_models_schema(database_url: str) -> N
     assert schema_differences(database_url) == []
     asyncio.run(CallStore(database_url).aclose())  # a restart changes nothing
     assert revision(database_url) == HEAD
+
+
+def test_replicas_starting_together_on_a_new_postgresql_all_start(
+    postgres: PostgresServer,
+) -> None:
+    """Each replica migrates at start: on one new database at once, one migrates while the
+    others wait for it, and none fails on the tables the first is creating."""
+    url = postgres.url(postgres.new_database())
+    # Each process imports, says so, and migrates when told: all at the same moment.
+    start = "import asyncio, sys; from voiceai.store import CallStore; print(flush=True); "
+    start += "sys.stdin.readline(); asyncio.run(CallStore(sys.argv[1]).aclose())"
+    replicas = [
+        subprocess.Popen(
+            [sys.executable, "-c", start, url],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    try:
+        for replica in replicas:
+            assert replica.stdout is not None and replica.stdout.readline() == "\n"
+        for replica in replicas:
+            assert replica.stdin is not None
+            replica.stdin.write("go\n")
+            replica.stdin.flush()
+        failures = [r.communicate(timeout=60)[1] for r in replicas if r.wait(timeout=60) != 0]
+    finally:
+        for replica in replicas:
+            replica.kill()
+    assert failures == []
+    assert revision(url) == HEAD
 
 
 @pytest.mark.parametrize("old_schema", list(OLD_SCHEMAS))

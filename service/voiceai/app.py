@@ -16,9 +16,11 @@ from threadpoolctl import threadpool_limits
 from voiceai import __version__, events
 from voiceai.agents import AgentsReloader, load_configured_agents
 from voiceai.api import calls, fork, guards, live, routes, viewer
+from voiceai.api.calls import run_forwarded
 from voiceai.api.deps import Services
 from voiceai.audio.turns import TurnConfig
 from voiceai.audio.vad import SileroModel, VadError
+from voiceai.cluster import Cluster, clustered, replica_id, safety_net
 from voiceai.config import Settings, hide_url_password
 from voiceai.conversation.registry import CallRegistry
 from voiceai.conversation.session import CallPolicy, Engines
@@ -189,7 +191,8 @@ def create_app(
         threadpool_limits(limits=1, user_api="blas")
         settings.media_dir.mkdir(parents=True, exist_ok=True)
         agents = await asyncio.to_thread(load_configured_agents, settings)  # a bad file: no start
-        store = CallStore(settings.database_url)
+        replica = replica_id(settings)
+        store = CallStore(settings.database_url, replica=replica)
         bus = EventBus()
         calls = CallRegistry()
         stt_engine = stt or await load_stt(settings)
@@ -224,12 +227,27 @@ def create_app(
         counting = asyncio.create_task(metrics.consume(bus), name="metrics")
         pruner = asyncio.create_task(_prune_records(store, settings.retention_days))
         await switches.start()
+        sharing: Cluster | None = None
+        if clustered(settings):  # replicas share calls through PostgreSQL only
+            sharing = Cluster(
+                replica,
+                settings.database_url,
+                bus,
+                store,
+                timeout_s=settings.replica_timeout_s,
+                execute=partial(run_forwarded, app.state.services),
+                safety_net=safety_net(switches),
+            )
+            await sharing.start()
+            app.state.services.cluster = sharing
         try:
             yield
         finally:
             reloader.uninstall(asyncio.get_running_loop())
             for call in calls.all():
                 await call.abort("service stopped")
+            if sharing is not None:
+                await sharing.stop()  # after the calls' last events, which it sends first
             llm_warming.cancel()
             pruner.cancel()
             watching_loop.cancel()

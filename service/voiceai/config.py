@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from voiceai.telephony.fork import SWITCH_NAME
 
 CALLS_PER_CORE = 2  # bench/capacity.py, tiny.en, 2 cores: 3 calls held (p95 1.3 s), 5 did not
 ENV_PREFIX = "VOICEAI_"
@@ -51,6 +54,11 @@ class Settings(BaseSettings):
     esl_heartbeat_s: float = Field(
         5.0, ge=0.1, le=60, description="`api status` this often; no answer within it = down."
     )
+    freeswitches: str = Field(
+        "",
+        description="Several FreeSWITCH, as `name=host:port,...` (the name is the switch's "
+        "FS_SWITCHNAME); replaces VOICEAI_ESL_HOST/PORT; all use VOICEAI_ESL_PASSWORD.",
+    )
     fork_user: str = Field("", description="Basic-auth user mod_audio_fork must present.")
     fork_password: SecretStr = Field(
         SecretStr(""), description="Basic-auth password for the fork socket; empty = no auth."
@@ -74,6 +82,17 @@ class Settings(BaseSettings):
     stt_timeout_s: float = Field(30.0, gt=0, description="Longest a transcription may take.")
     stt_no_speech_threshold: float = Field(
         0.6, ge=0, le=1, description="Segments Whisper rates more likely silence are dropped."
+    )
+    stt_engine: Literal["whisper", "openai"] = Field(
+        "whisper",
+        description="whisper (faster-whisper in this process) or openai (an OpenAI-compatible "
+        "transcription server at VOICEAI_STT_URL, asked for VOICEAI_STT_MODEL).",
+    )
+    stt_url: str = Field(
+        "", description="Base URL of the transcription server, e.g. http://gpu-box:8000/v1."
+    )
+    stt_api_key: SecretStr = Field(
+        SecretStr(""), description="Bearer key of the transcription server; empty = none."
     )
 
     # Turn detection
@@ -117,14 +136,23 @@ class Settings(BaseSettings):
     )
 
     # Dialog and LLM
-    llm: Literal["ollama", "embedded", "auto"] = Field(
-        "auto", description="ollama, embedded (llama.cpp), or auto: Ollama when it answers."
+    llm: Literal["ollama", "embedded", "auto", "openai"] = Field(
+        "auto",
+        description="ollama, embedded (llama.cpp), auto (Ollama when it answers), or openai (an "
+        "OpenAI-compatible server at VOICEAI_OPENAI_URL).",
     )
     ollama_url: str = Field("http://127.0.0.1:11434", description="Ollama server URL.")
     ollama_model: str = Field("llama3.2:3b", description="Ollama model name.")
     ollama_keep_alive: str = Field("30m", description="How long Ollama keeps the model loaded.")
     embedded_model: str = Field(
         "auto", description="GGUF file for the embedded engine; auto = the packaged SmolLM2."
+    )
+    openai_url: str = Field(
+        "", description="Base URL of an OpenAI-compatible chat server, e.g. http://gpu-box:8000/v1."
+    )
+    openai_model: str = Field("", description="The model that server is asked for.")
+    openai_api_key: SecretStr = Field(
+        SecretStr(""), description="Bearer key of the OpenAI-compatible chat server; empty = none."
     )
     llm_timeout_s: float = Field(
         8.0, gt=0, le=120, description="Longest wait for the LLM's first token."
@@ -227,6 +255,21 @@ class Settings(BaseSettings):
         "sqlite:///data/voiceai.db", description="SQLAlchemy URL of the call records."
     )
 
+    # Replicas (several services on one PostgreSQL: voiceai/cluster.py)
+    replica_id: str = Field(
+        "",
+        max_length=64,
+        pattern=r"^[A-Za-z0-9._-]*$",
+        description="This replica's name in call records and among replicas; empty = host "
+        "name and process id.",
+    )
+    replica_timeout_s: float = Field(
+        15.0,
+        ge=2,
+        le=3600,
+        description="A replica without a heartbeat this long is lost: its calls are ended.",
+    )
+
     @field_validator("stt_model")
     @classmethod
     def _model_not_empty(cls, value: str) -> str:
@@ -235,7 +278,15 @@ class Settings(BaseSettings):
         return value.strip()
 
     @field_validator(
-        "stt_language", "stt_device", "log_level", "llm", "tts", "vad", "turn_model", mode="before"
+        "stt_language",
+        "stt_device",
+        "log_level",
+        "llm",
+        "tts",
+        "vad",
+        "turn_model",
+        "stt_engine",
+        mode="before",
     )
     @classmethod
     def _lower(cls, value: object) -> object:
@@ -249,6 +300,39 @@ class Settings(BaseSettings):
                 f"hold (now {self.pause_ms}, {self.end_of_turn_ms}, {self.incomplete_turn_ms})"
             )
         return self
+
+    @field_validator("openai_url", "stt_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        value = value.strip()
+        if value and not (value.startswith(("http://", "https://")) and urlsplit(value).hostname):
+            raise ValueError("must be an http:// or https:// URL, e.g. http://gpu-box:8000/v1")
+        return value
+
+    @model_validator(mode="after")
+    def _servers_named(self) -> Settings:
+        if self.llm == "openai" and not (self.openai_url and self.openai_model.strip()):
+            raise ValueError("VOICEAI_LLM=openai needs VOICEAI_OPENAI_URL and VOICEAI_OPENAI_MODEL")
+        if self.stt_engine == "openai" and not self.stt_url:
+            raise ValueError("VOICEAI_STT_ENGINE=openai needs VOICEAI_STT_URL")
+        if self.stt_engine == "openai" and self.stt_model == "auto":
+            raise ValueError(
+                "VOICEAI_STT_ENGINE=openai needs VOICEAI_STT_MODEL to name the server's model "
+                "(e.g. Systran/faster-whisper-small, whisper-1), not auto"
+            )
+        return self
+
+    @field_validator("freeswitches")
+    @classmethod
+    def _switches_parse(cls, value: str) -> str:
+        parse_switches(value)  # raises ValueError naming the entry that does not parse
+        return value.strip()
+
+    def event_sockets(self) -> list[EventSocket]:
+        """Every FreeSWITCH to connect to: VOICEAI_FREESWITCHES, else ESL_HOST/PORT as one."""
+        if self.freeswitches:
+            return parse_switches(self.freeswitches)
+        return [EventSocket(DEFAULT_SWITCH, self.esl_host, self.esl_port)]
 
     def call_limit(self) -> int:
         """VOICEAI_MAX_CALLS, or what this machine's cores hold (bench/capacity.py)."""
@@ -282,7 +366,7 @@ class Settings(BaseSettings):
             raise ValueError(f"no such file: {value}")
         return value
 
-    @field_validator("api_token", "esl_password", "fork_password")
+    @field_validator("api_token", "esl_password", "fork_password", "openai_api_key", "stt_api_key")
     @classmethod
     def _secret_one_line(cls, value: SecretStr) -> SecretStr:
         # A newline would end the ESL `auth` command early, and a header value cannot hold one.
@@ -309,12 +393,14 @@ class Settings(BaseSettings):
         scrubbed of them: the tokens and passwords, the passwords inside URLs, and the fork's
         basic-auth credential."""
         secrets = [s.get_secret_value() for s in (self.api_token, self.esl_password)]
+        secrets += [s.get_secret_value() for s in (self.openai_api_key, self.stt_api_key)]
         fork_password = self.fork_password.get_secret_value()
         if fork_password:
             credential = f"{self.fork_user}:{fork_password}".encode()
             secrets += [fork_password, base64.b64encode(credential).decode()]
         secrets.append(_database_password(self.database_url))
         secrets += [_url_password(url) for url in (self.ollama_url, self.fork_url)]
+        secrets += [_url_password(url) for url in (self.openai_url, self.stt_url)]
         return [s for s in secrets if s]
 
     def masked(self) -> dict[str, str]:
@@ -334,6 +420,33 @@ class Settings(BaseSettings):
                 text = credentials_only.scrub(hide_url_password(str(value)))
             shown[ENV_PREFIX + name.upper()] = text
         return shown
+
+
+DEFAULT_SWITCH = "default"  # the one FreeSWITCH of VOICEAI_ESL_HOST/PORT
+_HOST_PORT = re.compile(r"(?P<host>[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):(?P<port>[0-9]{1,5})")
+
+
+class EventSocket(NamedTuple):
+    name: str  # the FreeSWITCH's switchname, as its fork metadata names it
+    host: str
+    port: int
+
+
+def parse_switches(text: str) -> list[EventSocket]:
+    """`fs1=10.0.0.11:8021,fs2=10.0.0.12:8021` → the event sockets; ValueError at a bad entry."""
+    found: list[EventSocket] = []
+    for entry in filter(None, (part.strip() for part in text.split(","))):
+        name, _, address = (piece.strip() for piece in entry.partition("="))
+        match = _HOST_PORT.fullmatch(address)
+        if not SWITCH_NAME.match(name) or match is None or not 0 < int(match["port"]) < 65536:
+            raise ValueError(
+                f"{entry!r} is not name=host:port (e.g. fs1=10.0.0.11:8021; a name is letters, "
+                "digits, . _ -)"
+            )
+        if any(s.name == name for s in found):
+            raise ValueError(f"FreeSWITCH {name!r} is named twice")
+        found.append(EventSocket(name, match["host"].strip("[]"), int(match["port"])))
+    return found
 
 
 DATABASE_URL_EXAMPLES = "sqlite:///data/voiceai.db or postgresql+psycopg://user:password@host/db"
@@ -391,6 +504,8 @@ def describe_validation_error(exc: ValidationError) -> str:
         name = ENV_PREFIX + str(error["loc"][0]).upper() if error["loc"] else "settings"
         # A secret, or a URL that may hold one, is never echoed back.
         hidden = "PASSWORD" in name or "TOKEN" in name or name.endswith("_URL")
+        # An API key too, and a check of several settings: its input holds every one.
+        hidden = hidden or name.endswith("_KEY") or not error["loc"]
         shown = "" if hidden else f" (got {error.get('input')!r})"
         lines.append(f"invalid setting {name}: {error['msg']}{shown}")
     return "; ".join(lines)

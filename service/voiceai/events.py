@@ -17,9 +17,9 @@ import time
 import types
 from collections.abc import AsyncIterator, Collection
 from functools import cached_property
-from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Literal, Self, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,22 @@ class BaseEvent(BaseModel):
     type: str
     call_id: str = ""
     at: float = Field(default_factory=time.time, description="Unix time, seconds")
+    # The replica an event came from when another published it (cluster.py); not on the wire.
+    _replica: str | None = PrivateAttr(default=None)
+
+    @property
+    def remote(self) -> bool:
+        """Published by another replica: shown to viewers, never recorded or counted here."""
+        return self._replica is not None
+
+    @property
+    def replica(self) -> str | None:
+        return self._replica
+
+    def from_replica(self, replica: str) -> Self:
+        """Marks the event as another replica's, before it is published here."""
+        self._replica = replica
+        return self
 
     @property
     def data(self) -> dict[str, Any]:
@@ -433,6 +449,11 @@ def reference_markdown() -> str:
         "",
         "`data` holds the event's own fields, listed below per type. A field whose default is",
         "given may be absent when an event is read back; `null` means no value.",
+        "",
+        "With several replicas on one PostgreSQL (README, 'Running several replicas'),",
+        "`/ws/live` on any replica carries the events of every replica's calls, in this same",
+        "form; an event too large to cross (over about 7,900 bytes) arrives with its long texts",
+        "cut (ending in `…`) and its large maps and lists emptied.",
     ]
     for model in EVENT_TYPES:
         lines += ["", f"## `{type_of(model)}`", ""]

@@ -8,6 +8,7 @@ import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -31,13 +32,15 @@ from voiceai.events import (
     CallError,
     CallStarted,
     CallTransferred,
-    EslState,
     EventBus,
     TranscriptFinal,
     TtsAudio,
     TurnLatency,
 )
 from voiceai.store import CallStore
+
+if TYPE_CHECKING:  # the event sockets themselves are not needed to count
+    from voiceai.telephony.switches import Switches
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +50,6 @@ STAGES = events.LATENCY_STAGES
 FAILING_KINDS = frozenset({"llm", "tts", "stt", "internal", "esl", "originate"})
 DIRECTIONS = frozenset({"inbound", "outbound"})
 OUTCOMES = ("completed", "transferred", "failed")
-ESL_STATES = {"connected": 1, "disconnected": 0, "connecting": 0}
 
 # Turn stages are judged against a 0-5 s budget: fine below 1 s, where replies feel live.
 STAGE_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)
@@ -121,9 +123,6 @@ class Metrics:
             buckets=TTS_BUCKETS,
             registry=reg,
         )
-        self.esl_connected = Gauge(
-            "voiceai_esl_connected", "1 while FreeSWITCH's event socket is connected.", registry=reg
-        )
         self.errors = Counter(
             "voiceai_errors_total", "Call errors, by kind.", ["kind"], registry=reg
         )
@@ -182,6 +181,10 @@ class Metrics:
         """The call records' health, read from the store at each scrape."""
         self.registry.register(_StoreCollector(store))
 
+    def watch_switches(self, switches: Switches) -> None:
+        """Each FreeSWITCH's event socket, read at each scrape (several: one series a switch)."""
+        self.registry.register(_SwitchesCollector(switches))
+
     async def watch_loop(self, every_s: float = 0.25) -> None:
         """Measures event-loop lag for the app's lifetime."""
         loop = asyncio.get_running_loop()
@@ -207,6 +210,8 @@ class Metrics:
                 raise
 
     def _observe_safely(self, event: BaseEvent) -> None:
+        if event.remote:
+            return  # another replica's call: counted by that replica's metrics
         try:
             self.observe(event)
         except Exception:
@@ -248,8 +253,6 @@ class Metrics:
                 self.tts_seconds.labels(engine).observe(max(event.synth_ms, 0) / 1000)
                 if event.fallback:
                     self.tts_fallbacks.labels(engine).inc()
-            case EslState():
-                self.esl_connected.set(ESL_STATES[event.state])
 
     def _track(self, call_id: str) -> _Call:
         call = self._calls.get(call_id)
@@ -323,6 +326,24 @@ class _StoreCollector(Collector):
             "Call events given up on: never recorded (each call's loss is logged once).",
             value=health.lost_events,
         )
+
+
+class _SwitchesCollector(Collector):
+    """voiceai_esl_connected{switch=...}: the sockets know their state; read, not counted."""
+
+    def __init__(self, switches: Switches) -> None:
+        self._switches = switches
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "voiceai_esl_connected",
+            "1 while the event socket of this FreeSWITCH (its VOICEAI_FREESWITCHES name, or "
+            "default) is connected, else 0.",
+            labels=["switch"],
+        )
+        for switch in self._switches:
+            family.add_metric([switch.name], float(switch.connected))
+        yield family
 
 
 def _finite(value: float | None) -> float | None:

@@ -25,6 +25,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import (
     JSON,
     Boolean,
+    Connection,
     DateTime,
     Engine,
     ForeignKey,
@@ -32,12 +33,16 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    case,
     create_engine,
+    delete,
     func,
     inspect,
     select,
     text,
+    update,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -75,6 +80,8 @@ RETRY_S = 2.0
 HOLD_EVENTS_PER_CALL = 5000
 HOLD_CALLS = 1000
 KEEP_ENDED_S = 60.0
+# The advisory lock replicas migrating one PostgreSQL database take in turn (any fixed number).
+MIGRATION_LOCK = 0x766F6963656169  # "voiceai"
 # A PostgreSQL server that does not answer must not stall the store's thread for long.
 PG_CONNECT_TIMEOUT_S = 10
 
@@ -133,6 +140,7 @@ class CallRow(Base):
     errors: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     engines: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     recording: Mapped[str | None] = mapped_column(_Str(512))
+    replica: Mapped[str | None] = mapped_column(_Str(64))  # the service replica that served it
     turns: Mapped[list[TurnRow]] = relationship(order_by="TurnRow.id", cascade="all, delete-orphan")
     tool_calls: Mapped[list[ToolCallRow]] = relationship(
         order_by="ToolCallRow.id", cascade="all, delete-orphan"
@@ -169,6 +177,15 @@ class ToolCallRow(Base):
     ok: Mapped[bool] = mapped_column(Boolean)
     duration_ms: Mapped[int] = mapped_column(Integer)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ReplicaRow(Base):
+    """A service replica's heartbeat (cluster.py): one that stops beating has its calls ended."""
+
+    __tablename__ = "replicas"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class MessageRow(Base):
@@ -226,6 +243,16 @@ def _with_tts(engines: dict[str, Any], engine: str | None) -> dict[str, Any]:
     return {**engines, "tts": tts} if tts else engines
 
 
+@dataclass(frozen=True)
+class LostCall:
+    """A call in progress whose replica was lost, as its record was ended."""
+
+    call_id: str
+    replica: str
+    turns: int
+    switch: str | None  # the FreeSWITCH it is on, as its fork metadata named it
+
+
 class StoreUnavailable(Exception):
     """The database cannot be written now; the same write may work later."""
 
@@ -242,9 +269,13 @@ class StoreHealth:
 
 
 class CallStore:
-    """Blocking SQLAlchemy work runs on one dedicated thread, behind async methods."""
+    """Blocking SQLAlchemy work runs on one dedicated thread, behind async methods; the
+    replicas' heartbeats on another, so a backlog of events never delays one.
 
-    def __init__(self, url: str) -> None:
+    `replica`: the replica whose calls this store records (written in each call's record)."""
+
+    def __init__(self, url: str, *, replica: str | None = None) -> None:
+        self.replica = replica
         parsed = make_url(url)
         backend = parsed.get_backend_name()
         is_uri = parsed.query.get("uri") == "true"  # sqlite:///file:...?mode=ro&uri=true
@@ -260,6 +291,7 @@ class CallStore:
         self._engine = create_engine(url, **options)
         migrate(self._engine)
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self._beats = ThreadPoolExecutor(max_workers=1, thread_name_prefix="heartbeat")
         self.health = StoreHealth()
 
     @property
@@ -304,6 +336,31 @@ class CallStore:
         """Delete ended calls that started more than `older_than_days` ago; returns how many."""
         return await self._run(self._prune, older_than_days)
 
+    # -- replicas (PostgreSQL only: times are the server's, so hosts' clocks never matter) ----
+
+    async def heartbeat(self, replica: str) -> float | None:
+        """Says `replica` is alive now; returns how many seconds ago it last said so (None:
+        never, or its row was removed as lost)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._beats, self._heartbeat, replica)
+
+    async def end_lost_calls(self, me: str, timeout_s: float, reason: str) -> list[LostCall]:
+        """Ends the calls still active of every replica but `me` without a heartbeat for
+        `timeout_s`."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._beats, self._end_lost, me, timeout_s, reason)
+
+    async def end_own_calls(self, me: str, reason: str) -> list[LostCall]:
+        """Ends the calls still active of `me`, from before this start (it crashed with them:
+        a replica with a fixed id comes back before the others notice it was gone)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._beats, self._end_own, me, reason)
+
+    async def active_calls_elsewhere(self, me: str) -> list[dict[str, Any]]:
+        """The calls in progress on other replicas, whole (with their turns)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._beats, self._active_elsewhere, me)
+
     def _writing(self, write: Callable[..., None], *args: Any) -> None:
         """Runs a write, keeping `health`: a failure of the database (not of this write's data)
         becomes StoreUnavailable, logged once when the store turns unhealthy."""
@@ -347,6 +404,7 @@ class CallStore:
                                 errors=[],
                                 engines={},
                                 started_at=_at(event),
+                                replica=self.replica,
                             )
                         )
                     else:
@@ -362,7 +420,7 @@ class CallStore:
                         event.call_id,
                     )
                 case CallStarted():
-                    db.add(_started(row, event))
+                    db.add(_started(row, event, self.replica))
                 case TranscriptFinal() if _open(row):
                     db.add(
                         TurnRow(
@@ -452,6 +510,37 @@ class CallStore:
             rows = db.execute(newest_first.limit(limit).offset(offset)).all()
             return [{**_as_message(m), "caller": caller} for m, caller in rows], total
 
+    def _heartbeat(self, replica: str) -> float | None:
+        with self._engine.begin() as db:
+            before = db.scalar(
+                select(func.extract("epoch", func.now() - ReplicaRow.seen_at)).where(
+                    ReplicaRow.id == replica
+                )
+            )
+            upsert = pg_insert(ReplicaRow).values(id=replica, seen_at=func.now())
+            now = {"seen_at": func.now()}
+            db.execute(upsert.on_conflict_do_update(index_elements=["id"], set_=now))
+        return None if before is None else float(before)
+
+    def _end_lost(self, me: str, timeout_s: float, reason: str) -> list[LostCall]:
+        stale = func.now() - timedelta(seconds=timeout_s)
+        alive = select(ReplicaRow.id).where(ReplicaRow.seen_at >= stale)
+        with self._engine.begin() as db:
+            ended = _end_calls(db, reason, CallRow.replica != me, CallRow.replica.not_in(alive))
+            db.execute(delete(ReplicaRow).where(ReplicaRow.seen_at < stale))
+        return ended
+
+    def _end_own(self, me: str, reason: str) -> list[LostCall]:
+        with self._engine.begin() as db:
+            return _end_calls(db, reason, CallRow.replica == me)
+
+    def _active_elsewhere(self, me: str) -> list[dict[str, Any]]:
+        with Session(self._engine) as db:
+            rows = db.scalars(
+                select(CallRow).where(CallRow.status == "active", CallRow.replica != me)
+            ).all()
+            return [_as_record(row) for row in rows]
+
     def _prune(self, older_than_days: int) -> int:
         cutoff = datetime.now(UTC) - timedelta(days=older_than_days)
         with Session(self._engine) as db, db.begin():
@@ -464,6 +553,7 @@ class CallStore:
 
     async def aclose(self) -> None:
         self._thread.shutdown(wait=True)
+        self._beats.shutdown(wait=True)
         self._engine.dispose()
 
 
@@ -472,11 +562,13 @@ def _open(row: CallRow | None) -> bool:
     return row is not None and row.status not in ENDED
 
 
-def _started(row: CallRow | None, event: CallStarted) -> CallRow:
-    """The record of a call that starts: new, or the one made when we dialled it."""
+def _started(row: CallRow | None, event: CallStarted, replica: str | None) -> CallRow:
+    """The record of a call that starts: new, or the one made when we dialled it (perhaps on
+    another replica: the one whose fork took it serves it)."""
     dialled = row is not None and row.status == "dialing"
     row = row or CallRow(id=event.call_id, meta={})
     row.status = "active"
+    row.replica = replica
     row.direction = "outbound" if dialled else event.direction or "inbound"
     row.engines = _with_tts(dict(event.engines), event.engines.get("tts"))
     row.caller = event.caller
@@ -490,6 +582,40 @@ def _started(row: CallRow | None, event: CallStarted) -> CallRow:
     row.hangup_cause = None
     row.errors = []
     return row
+
+
+def _end_calls(db: Connection, reason: str, *where: Any) -> list[LostCall]:
+    """Ends the calls in progress that `where` picks, in one UPDATE … WHERE: replicas that
+    notice the same loss at once cannot both end a call (the second finds it ended), so each
+    call.ended is published once."""
+    ended = db.execute(
+        update(CallRow)
+        .where(CallRow.status.in_(("active", "dialing")), CallRow.replica.is_not(None), *where)
+        .values(
+            status=case((CallRow.status == "dialing", "failed"), else_="ended"),
+            ended_at=func.now(),
+            end_reason=reason,
+        )
+        .returning(CallRow.id, CallRow.replica, CallRow.meta)
+    ).all()
+    if not ended:
+        return []
+    turns = dict(
+        db.execute(
+            select(TurnRow.call_id, func.count())
+            .where(TurnRow.call_id.in_([call_id for call_id, _, _ in ended]))
+            .group_by(TurnRow.call_id)
+        ).all()
+    )
+    return [
+        LostCall(call_id, replica, turns.get(call_id, 0), _switch_of(meta))
+        for call_id, replica, meta in ended
+    ]
+
+
+def _switch_of(meta: Any) -> str | None:
+    switch = meta.get("switch") if isinstance(meta, dict) else None
+    return switch if isinstance(switch, str) else None
 
 
 def _describe(exc: Exception) -> str:
@@ -506,6 +632,9 @@ def migrate(engine: Engine) -> None:
     config.set_main_option("script_location", str(MIGRATIONS))
     head = ScriptDirectory.from_config(config).get_current_head()
     with engine.begin() as db:
+        if db.dialect.name == "postgresql":
+            # Replicas starting together: one migrates, the others wait here and find it done.
+            db.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         config.attributes["connection"] = db
         current = MigrationContext.configure(db).get_current_revision()
         if current is None and inspect(db).has_table("calls"):
@@ -536,6 +665,7 @@ def _as_record(row: CallRow, *, with_turns: bool = True) -> dict[str, Any]:
         "errors": row.errors,
         "engines": row.engines,
         "recording": row.recording,
+        "replica": row.replica,
     }
     if with_turns:
         record["turns"] = [
@@ -668,8 +798,9 @@ class Recorder:
             return None
 
     async def record(self, event: BaseEvent) -> None:
-        """Writes an event, or holds it behind its call's held events or an unwritable store."""
-        if not isinstance(event, RECORDED):
+        """Writes an event, or holds it behind its call's held events or an unwritable store.
+        Another replica's events are its own to write (cluster.py)."""
+        if not isinstance(event, RECORDED) or event.remote:
             return
         call_id = event.call_id
         if call_id in self._lost:  # given up on: the rest of the call is not recorded either

@@ -7,18 +7,21 @@ import asyncio
 import logging
 import re
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
-from pydantic import BaseModel, Field, field_validator
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from voiceai import events
 from voiceai.api.deps import Services, require_token, services
 from voiceai.conversation.session import CallNotReady, CallSession
 from voiceai.telephony import commands
+from voiceai.telephony.fork import SWITCH_NAME
+from voiceai.telephony.switches import Switch
 
 log = logging.getLogger(__name__)
 calls_router = APIRouter(prefix="/api/calls", tags=["calls"])
@@ -36,6 +39,9 @@ class NewCall(BaseModel):
     to: str = Field(description="E.164 number to call, e.g. +14155550100")
     prompt: str | None = Field(None, max_length=8000, description="System prompt for this call")
     greeting: str | None = Field(None, max_length=1000, description="Greeting for this call")
+    switch: str | None = Field(
+        None, description="The FreeSWITCH to call from (a VOICEAI_FREESWITCHES name); the first"
+    )
 
     @field_validator("to")
     @classmethod
@@ -43,6 +49,13 @@ class NewCall(BaseModel):
         value = value.strip()
         if not E164.match(value):
             raise ValueError("must be an E.164 number such as +14155550100")
+        return value
+
+    @field_validator("switch")
+    @classmethod
+    def _switch_name(cls, value: str | None) -> str | None:
+        if value is not None and not SWITCH_NAME.match(value):
+            raise ValueError("must be a FreeSWITCH name: letters, digits, . _ -")
         return value
 
 
@@ -104,8 +117,10 @@ async def get_recording(call_id: str, request: Request) -> FileResponse:
 async def place_call(body: NewCall, request: Request) -> dict[str, str]:
     """Call a number through the RingCentral gateway; the bot talks when the callee answers."""
     svc = services(request)
-    esl = svc.esl
-    if esl is None or not esl.connected:
+    switch = svc.switches.named(body.switch) if body.switch else svc.switches.default
+    if switch is None and body.switch and svc.switches:
+        raise HTTPException(422, f"no FreeSWITCH named {body.switch!r} in VOICEAI_FREESWITCHES")
+    if switch is None or not switch.connected:
         raise HTTPException(503, "FreeSWITCH's event socket is not connected")
     call_id = str(uuid.uuid4())
     overrides: dict[str, Any] = {}
@@ -116,15 +131,14 @@ async def place_call(body: NewCall, request: Request) -> dict[str, str]:
     if overrides:
         svc.overrides[call_id] = overrides
     svc.bus.publish(events.CallDialing(call_id=call_id, to=body.to))
-    task = asyncio.create_task(_dial(svc, call_id, body.to))
+    task = asyncio.create_task(_dial(svc, switch, call_id, body.to))
     svc.background.add(task)
     task.add_done_callback(svc.background.discard)
     return {"id": call_id, "status": "dialing"}
 
 
-async def _dial(svc: Services, call_id: str, number: str) -> None:
-    esl = svc.esl
-    assert esl is not None
+async def _dial(svc: Services, switch: Switch, call_id: str, number: str) -> None:
+    esl = switch.esl
     settings = svc.settings
     try:
         await commands.originate(
@@ -139,6 +153,7 @@ async def _dial(svc: Services, call_id: str, number: str) -> None:
             "callee": number,
             "direction": "outbound",
             "rate": f"{settings.fork_rate // 1000}k",
+            "switch": switch.name,  # the call's commands go where it was placed
         }
         await commands.start_fork(
             esl,
@@ -154,9 +169,8 @@ async def _dial(svc: Services, call_id: str, number: str) -> None:
         svc.bus.publish(events.CallEnded(call_id=call_id, reason=f"originate failed: {exc}"))
 
 
-async def _active_or_ended(request: Request, call_id: str) -> CallSession:
+async def _active_or_ended(svc: Services, call_id: str) -> CallSession:
     """The call in progress; 409 for one that ended, 404 for one never seen."""
-    svc = services(request)
     call = svc.calls.get(call_id)
     if call is not None and str(call.state) != "ended":
         return call
@@ -165,15 +179,40 @@ async def _active_or_ended(request: Request, call_id: str) -> CallSession:
     raise HTTPException(404, f"no call {call_id!r}")
 
 
-def _require_esl(svc: Services) -> None:
-    if svc.esl is None or not svc.esl.connected:
+def _require_esl(svc: Services, call_id: str) -> None:
+    switch = svc.switches.serving(call_id)  # the FreeSWITCH the call is on
+    if switch is None or not switch.connected:
         raise HTTPException(503, "FreeSWITCH's event socket is not connected")
 
 
 @calls_router.post("/{call_id}/hangup", status_code=202)
-async def hangup(call_id: str, request: Request) -> dict[str, str]:
-    call = await _active_or_ended(request, call_id)
-    _require_esl(services(request))
+async def hangup(call_id: str, request: Request) -> dict[str, Any]:
+    return await _control(services(request), call_id, "hangup", {})
+
+
+@calls_router.post("/{call_id}/transfer", status_code=202)
+async def transfer(call_id: str, body: Transfer, request: Request) -> dict[str, Any]:
+    return await _control(services(request), call_id, "transfer", body.model_dump())
+
+
+@calls_router.post("/{call_id}/say", status_code=202)
+async def say(call_id: str, body: Say, request: Request) -> dict[str, Any]:
+    return await _control(services(request), call_id, "say", body.model_dump())
+
+
+@calls_router.post("/{call_id}/mute")
+async def mute(call_id: str, request: Request) -> dict[str, Any]:
+    return await _control(services(request), call_id, "mute", {})
+
+
+@calls_router.post("/{call_id}/unmute")
+async def unmute(call_id: str, request: Request) -> dict[str, Any]:
+    return await _control(services(request), call_id, "unmute", {})
+
+
+async def _hangup(svc: Services, call_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    call = await _active_or_ended(svc, call_id)
+    _require_esl(svc, call_id)
     try:
         await call.hangup("NORMAL_CLEARING")
     except CallNotReady as exc:
@@ -181,40 +220,86 @@ async def hangup(call_id: str, request: Request) -> dict[str, str]:
     return {"status": "hanging up"}
 
 
-@calls_router.post("/{call_id}/transfer", status_code=202)
-async def transfer(call_id: str, body: Transfer, request: Request) -> dict[str, str]:
-    call = await _active_or_ended(request, call_id)
-    _require_esl(services(request))
+async def _transfer(svc: Services, call_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    to = Transfer.model_validate(body).to
+    call = await _active_or_ended(svc, call_id)
+    _require_esl(svc, call_id)
     # Also while a transfer is under way (state first, `transferred_to` once FreeSWITCH agreed).
     if call.transferred_to is not None or str(call.state) == "transferred":
         raise HTTPException(409, f"call {call_id!r} was already transferred")
-    if not await call.transfer(body.to, reason="operator"):
+    if not await call.transfer(to, reason="operator"):
         raise HTTPException(502, "FreeSWITCH did not transfer the call (see the call's errors)")
-    return {"status": "transferred", "to": body.to}
+    return {"status": "transferred", "to": to}
 
 
-@calls_router.post("/{call_id}/say", status_code=202)
-async def say(call_id: str, body: Say, request: Request) -> dict[str, str]:
-    call = await _active_or_ended(request, call_id)
+async def _say(svc: Services, call_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    text = Say.model_validate(body).text
+    call = await _active_or_ended(svc, call_id)
     try:
-        call.say(body.text)
+        call.say(text)
     except CallNotReady as exc:
         raise HTTPException(409, str(exc)) from exc
     return {"status": "speaking"}
 
 
-@calls_router.post("/{call_id}/mute")
-async def mute(call_id: str, request: Request) -> JSONResponse:
-    call = await _active_or_ended(request, call_id)
-    call.set_muted(True)
-    return JSONResponse({"muted": True})
+async def _mute(svc: Services, call_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    (await _active_or_ended(svc, call_id)).set_muted(True)
+    return {"muted": True}
 
 
-@calls_router.post("/{call_id}/unmute")
-async def unmute(call_id: str, request: Request) -> JSONResponse:
-    call = await _active_or_ended(request, call_id)
-    call.set_muted(False)
-    return JSONResponse({"muted": False})
+async def _unmute(svc: Services, call_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    (await _active_or_ended(svc, call_id)).set_muted(False)
+    return {"muted": False}
+
+
+# An operator's controls of a call in progress, with their success status: the same code runs
+# a request made here and one another replica forwards (voiceai/cluster.py).
+Control = Callable[[Services, str, dict[str, Any]], Awaitable[dict[str, Any]]]
+CONTROLS: dict[str, tuple[Control, int]] = {
+    "hangup": (_hangup, 202),
+    "transfer": (_transfer, 202),
+    "say": (_say, 202),
+    "mute": (_mute, 200),
+    "unmute": (_unmute, 200),
+}
+
+
+async def _control(svc: Services, call_id: str, action: str, body: dict[str, Any]) -> Any:
+    """Runs a control here, or, for a call another replica has, there (its answer, or 504)."""
+    owner = await _owner_elsewhere(svc, call_id)
+    if owner is None or svc.cluster is None:
+        return await CONTROLS[action][0](svc, call_id, body)
+    status, answer = await svc.cluster.forward(owner, call_id, action, body)
+    if status >= 400:
+        raise HTTPException(status, answer.get("detail", f"replica {owner} refused"))
+    return answer
+
+
+async def _owner_elsewhere(svc: Services, call_id: str) -> str | None:
+    """The replica that has this call in progress, when it is another one (from its record)."""
+    if svc.cluster is None or svc.calls.get(call_id) is not None:
+        return None
+    record = await svc.store.get_call(call_id)
+    if record is None or record["status"] not in ("active", "dialing"):
+        return None
+    owner = record.get("replica")
+    return owner if owner and owner != svc.cluster.replica else None
+
+
+async def run_forwarded(
+    svc: Services, call_id: str, action: str, body: dict[str, Any]
+) -> tuple[int, dict[str, Any]]:
+    """A control another replica forwarded for a call here: its status and answer, as a
+    request made here would get them (never forwarded again)."""
+    if action not in CONTROLS:
+        return 400, {"detail": f"unknown control {action!r}"}
+    run, ok = CONTROLS[action]
+    try:
+        return ok, await run(svc, call_id, body)
+    except HTTPException as exc:
+        return exc.status_code, {"detail": exc.detail}
+    except ValidationError as exc:
+        return 422, {"detail": [error["msg"] for error in exc.errors()]}
 
 
 @messages_router.get("")

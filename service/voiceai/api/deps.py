@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import HTTPException, Request, WebSocket, status
 
 from voiceai.agents import Agent, Agents
+from voiceai.cluster import Cluster
 from voiceai.config import Settings
 from voiceai.conversation.registry import CallRegistry
 from voiceai.conversation.session import CallPolicy, Engines
@@ -20,7 +21,7 @@ from voiceai.events import EventBus
 from voiceai.metrics import Metrics
 from voiceai.prompts import PromptCache
 from voiceai.store import CallStore
-from voiceai.telephony.esl import EslClient
+from voiceai.telephony.switches import Switches
 
 
 @dataclass
@@ -31,7 +32,7 @@ class Services:
     bus: EventBus
     store: CallStore
     engines: Engines
-    esl: EslClient | None  # FreeSWITCH's event socket, None when not configured
+    switches: Switches  # FreeSWITCH's event sockets, by switch name; none when not configured
     policy: CallPolicy
     calls: CallRegistry
     metrics: Metrics
@@ -40,6 +41,7 @@ class Services:
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     voiced: dict[str, Engines] = field(default_factory=dict)  # by an agent's own voice
     background: set[asyncio.Task[None]] = field(default_factory=set)  # e.g. calls being dialled
+    cluster: Cluster | None = None  # the other replicas (PostgreSQL only): voiceai/cluster.py
 
     def engines_for(self, agent: Agent) -> Engines:
         """The shared engines, or a copy that speaks with the agent's own edge-tts voice (made

@@ -27,6 +27,8 @@ async def live(ws: WebSocket) -> None:
     # Subscribe before the snapshot, so nothing falls between the two.
     with svc.bus.subscribe(call_id=only, maxsize=1000) as sub:
         calls = [c.summary() for c in svc.calls.all() if only is None or c.call_id == only]
+        if svc.cluster is not None:  # and those of the other replicas
+            calls += [c for c in svc.cluster.remote_calls() if only is None or c["id"] == only]
         snapshot = Snapshot(call_id=only or "", calls=calls)
         await ws.send_text(snapshot.wire_json())
         sender = asyncio.create_task(_send_events(ws, sub))
