@@ -27,9 +27,11 @@ from voiceai.events import (
     EslState,
     EventBus,
     ForkText,
+    MessageTaken,
     ReplyDelta,
     Snapshot,
     SpeechStarted,
+    ToolCalled,
     TranscriptFinal,
     TranscriptPartial,
     TtsAudio,
@@ -75,6 +77,17 @@ SAMPLES: dict[type[BaseEvent], BaseEvent] = {
         CallError(call_id="c1", kind="llm", message="no first token in 8 s"),
         CallHangup(call_id="c1", cause="NORMAL_CLEARING"),
         CallTransferred(call_id="c1", to="1001", reason="caller pressed 0"),
+        ToolCalled(
+            call_id="c1",
+            name="order_status",
+            arguments={"order_number": "12345", "rush": True},
+            result='{"status": "shipped"}',
+            ok=True,
+            duration_ms=420,
+        ),
+        MessageTaken(
+            call_id="c1", name="Ann Lee", callback_number="+15550123", message="Call me back"
+        ),
         ReplyDelta(call_id="c1", text="Sure, "),
         BotSaid(
             call_id="c1",

@@ -128,9 +128,7 @@ def test_a_newer_partial_replaces_the_waiting_one_of_the_same_call() -> None:
             scheduler.transcribe(audio("old"), "en", call_id="b", priority=Priority.PARTIAL)
         )
         await asyncio.sleep(0.1)
-        new = await scheduler.transcribe(
-            audio("new"), "en", call_id="b", priority=Priority.PARTIAL
-        )
+        new = await scheduler.transcribe(audio("new"), "en", call_id="b", priority=Priority.PARTIAL)
         with pytest.raises(Dropped):
             await old
         await busy
