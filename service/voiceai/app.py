@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 
 import numpy as np
@@ -197,7 +197,12 @@ def create_app(
         calls = CallRegistry()
         stt_engine = stt or await load_stt(settings)
         vad, turn_model = await asyncio.to_thread(load_turn_taking, settings)
-        switches = _event_sockets(settings, calls, bus)
+        sharing: Cluster | None = None  # set below when replicas share calls
+
+        def elsewhere(call_id: str) -> bool:
+            return sharing is not None and sharing.runs_elsewhere(call_id)
+
+        switches = _event_sockets(settings, calls, bus, elsewhere)
         tts_engine = tts or build_tts(settings)
         # Without FreeSWITCH's event socket the bot cannot speak: don't load a model for nothing.
         llm_engine = llm or (await build_llm(settings) if switches else None)
@@ -227,7 +232,6 @@ def create_app(
         counting = asyncio.create_task(metrics.consume(bus), name="metrics")
         pruner = asyncio.create_task(_prune_records(store, settings.retention_days))
         await switches.start()
-        sharing: Cluster | None = None
         if clustered(settings):  # replicas share calls through PostgreSQL only
             sharing = Cluster(
                 replica,
@@ -304,7 +308,9 @@ async def _warm_up_llm(llm: LanguageModel | None) -> None:
         log.warning("LLM %s warm-up failed: %s", llm.name, exc)
 
 
-def _event_sockets(settings: Settings, calls: CallRegistry, bus: EventBus) -> Switches:
+def _event_sockets(
+    settings: Settings, calls: CallRegistry, bus: EventBus, elsewhere: Callable[[str], bool]
+) -> Switches:
     """One event socket a FreeSWITCH (VOICEAI_FREESWITCHES, or VOICEAI_ESL_HOST/PORT)."""
     password = settings.esl_password.get_secret_value()
     if not password:
@@ -315,7 +321,7 @@ def _event_sockets(settings: Settings, calls: CallRegistry, bus: EventBus) -> Sw
         [_switch(settings, name, host, port, password) for name, host, port in sockets]
     )
     for switch in switches:
-        _wire(switch, switches, calls, bus, named=len(sockets) > 1)
+        _wire(switch, switches, calls, bus, elsewhere, named=len(sockets) > 1)
     return switches
 
 
@@ -333,7 +339,13 @@ def _switch(settings: Settings, name: str, host: str, port: int, password: str) 
 
 
 def _wire(
-    switch: Switch, switches: Switches, calls: CallRegistry, bus: EventBus, *, named: bool
+    switch: Switch,
+    switches: Switches,
+    calls: CallRegistry,
+    bus: EventBus,
+    elsewhere: Callable[[str], bool],
+    *,
+    named: bool,
 ) -> None:
     """Events to the call they name (uuids are unique across switches); a lost socket to the
     calls on that switch only."""
@@ -343,7 +355,8 @@ def _wire(
         # Events are routed by the JSON body's Unique-ID only (caller data cannot forge it).
         if calls.deliver(event):
             return
-        if event.name == "CHANNEL_HANGUP_COMPLETE" and event.uuid:
+        if event.name == "CHANNEL_HANGUP_COMPLETE" and event.uuid and not elsewhere(event.uuid):
+            # A call being dialled, or one whose fork never came: its record gets the cause.
             cause = event.headers.get("Hangup-Cause")
             bus.publish(events.CallHangup(call_id=event.uuid, cause=cause))
         elif event.subclass == "mod_audio_fork::connect_failed":

@@ -184,6 +184,10 @@ class Cluster:
 
     # -- what the API asks ----------------------------------------------------------------------
 
+    def runs_elsewhere(self, call_id: str) -> bool:
+        """Whether another replica has this call (its FreeSWITCH events are that one's)."""
+        return call_id in self._remote
+
     def remote_calls(self) -> list[dict[str, Any]]:
         """Summaries of the calls in progress on other replicas, as a call's summary() is."""
         return [_copy(summary) for summary in self._remote.values()]
