@@ -17,8 +17,9 @@ setup:
     # espeak-ng: TTS fallback and test voices; cmake + g++: llama-cpp-python builds from source;
     # chromium: the viewer's browser tests (driven by Python playwright, never its own browser);
     # iproute2: `ss`, to check what the service listens on; sox: the benchmarks' phone band
-    # and noise; postgresql: the call records' tests run on a real server too.
-    apt_packages=(espeak-ng cmake g++ make chromium iproute2 sox postgresql)
+    # and noise; postgresql: the call records' tests run on a real server too; haproxy: the
+    # scale profile's load balancer, checked and run in front of two replicas by the tests.
+    apt_packages=(espeak-ng cmake g++ make chromium iproute2 sox haproxy postgresql)
     python3 -c 'import ensurepip' 2>/dev/null || apt_packages+=(python3-venv)
     python3 -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
         || apt_packages+=(python3-dev)

@@ -550,6 +550,86 @@ def test_compose_config_is_valid(tmp_path: Path) -> None:
     assert {"media", "db", "models", "ollama"} <= set(config["volumes"])
 
 
+SCALE = {
+    "VOICEAI_PORT": "8081",
+    "FS_FORK_URL": "ws://127.0.0.1:8080",
+    "POSTGRES_PASSWORD": "pg-secret-1",
+    "VOICEAI_DATABASE_URL": "postgresql+psycopg://voiceai:pg-secret-1@127.0.0.1:5432/voiceai",
+}
+
+
+def scale_env_file(tmp_path: Path, values: dict[str, str]) -> Path:
+    env_file = make_env_file(tmp_path, FILLED)
+    lines = "".join(f"{name}={value}\n" for name, value in values.items())
+    env_file.write_text(env_file.read_text() + lines)
+    return env_file
+
+
+def test_the_scale_profile_runs_two_replicas_behind_haproxy_on_postgresql(tmp_path: Path) -> None:
+    done = compose(
+        scale_env_file(tmp_path, SCALE), "--profile", "scale", "config", "--format", "json"
+    )
+    assert done.returncode == 0, done.stderr
+    services = json.loads(done.stdout)["services"]
+    assert set(services) == {"freeswitch", "service", "service-b", "postgres", "lb", "ollama"}
+    a, b, lb = (
+        services["service"]["environment"],
+        services["service-b"]["environment"],
+        services["lb"],
+    )
+    assert (a["VOICEAI_REPLICA_ID"], b["VOICEAI_REPLICA_ID"]) == ("a", "b")
+    assert a["VOICEAI_DATABASE_URL"] == b["VOICEAI_DATABASE_URL"] == SCALE["VOICEAI_DATABASE_URL"]
+    assert b["VOICEAI_PORT"] == "8082"
+    # FreeSWITCH forks to HAProxy, which spreads the calls over both replicas' ports.
+    assert services["freeswitch"]["environment"]["FS_FORK_URL"] == "ws://127.0.0.1:8080"
+    assert lb["environment"] == {
+        "LB_PORT": "8080",
+        "REPLICA_A": "127.0.0.1:8081",
+        "REPLICA_B": "127.0.0.1:8082",
+    }
+    (config,) = lb["volumes"]
+    assert config["source"] == str(ROOT / "haproxy" / "haproxy.cfg") and config["read_only"]
+    assert services["postgres"]["environment"]["POSTGRES_PASSWORD"] == SCALE["POSTGRES_PASSWORD"]
+    assert services["service-b"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    for service in services.values():
+        assert service["network_mode"] == "host"
+
+
+def test_the_second_replica_refuses_to_run_without_the_shared_database(tmp_path: Path) -> None:
+    done = compose(
+        make_env_file(tmp_path, FILLED), "--profile", "scale", "config", "--format", "json"
+    )
+    assert done.returncode == 0, done.stderr  # one replica on SQLite needs none of it
+    replica_b = json.loads(done.stdout)["services"]["service-b"]
+    (script,) = replica_b["command"]
+    script = script.replace("$$", "$")  # compose's escape, undone as it is when it runs
+    for url, code in (("", 2), ("sqlite:////tmp/x.db", 2)):
+        ran = subprocess.run(
+            ["/bin/sh", "-c", script.replace("exec voiceai serve", "exit 0")],
+            env={"VOICEAI_DATABASE_URL": url},
+            capture_output=True,
+            text=True,
+        )
+        assert ran.returncode == code and "VOICEAI_DATABASE_URL=postgresql" in ran.stderr
+    ok = subprocess.run(
+        ["/bin/sh", "-c", script.replace("exec voiceai serve", "exit 0")],
+        env={"VOICEAI_DATABASE_URL": SCALE["VOICEAI_DATABASE_URL"]},
+    )
+    assert ok.returncode == 0
+
+
+def test_the_load_balancer_config_is_valid_for_haproxy() -> None:
+    env = {**os.environ, "LB_PORT": "8080", "REPLICA_A": "127.0.0.1:8081"}
+    checked = subprocess.run(
+        ["haproxy", "-c", "-f", str(ROOT / "haproxy" / "haproxy.cfg")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
 def _mount_of(mounts: list[dict[str, Any]], path: str) -> tuple[dict[str, Any], str]:
     """The mount that holds `path` in the container, and the rest of the path inside it."""
     for mount in sorted(mounts, key=lambda m: -len(m["target"])):

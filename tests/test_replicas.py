@@ -26,7 +26,7 @@ from tests.conftest import PostgresServer, free_port
 from voiceai import cluster, events
 from voiceai.sim.freeswitch import EslServer
 from voiceai.sim.ollama_server import OllamaEmulator
-from voiceai.sim.phone import PhoneCall
+from voiceai.sim.phone import FORK_BUG, PhoneCall
 
 ESL_PASSWORD = "replicas-esl-pw"
 TOKEN = "replicas-token"
@@ -337,6 +337,58 @@ def test_an_event_too_large_for_a_notify_crosses_cut_to_fit() -> None:
     assert note.endswith("…") and len(note) < 4000
     assert crossed[1].text.endswith("…") and crossed[1].text.startswith("да да")
     assert [e.state for e in crossed[2:]] == [f"s{n}" for n in range(100)]  # in order
+
+
+def test_forks_through_the_load_balancer_are_spread_over_both_replicas(site: Site) -> None:
+    """The scale profile's HAProxy config (haproxy/haproxy.cfg), run for real in front of the
+    two replicas: FreeSWITCH forks to one address, the calls land on both."""
+    a, b = site.replicas["replica-a"], site.replicas["replica-b"]
+    lb = free_port()
+    env = {
+        **os.environ,
+        "LB_PORT": str(lb),
+        "REPLICA_A": f"127.0.0.1:{a.port}",
+        "REPLICA_B": f"127.0.0.1:{b.port}",
+    }
+    config = Path(__file__).resolve().parent.parent / "haproxy" / "haproxy.cfg"
+    proxy = subprocess.Popen(
+        ["haproxy", "-db", "-f", str(config)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    async def scenario() -> list[dict[str, Any]]:
+        await until(lambda: _answers(f"http://127.0.0.1:{lb}/healthz"), "HAProxy up")
+        ids = [f"lb-{i}-{time.monotonic_ns()}" for i in range(2)]
+        for call_id in ids:  # one after the other: each goes to the replica with fewer forks
+            channel = site.switch.add_channel(uuid=call_id)
+            await site.switch.answer(call_id)
+            site.switch.start_fork(
+                channel,
+                f"ws://127.0.0.1:{lb}/fork/{call_id}",
+                rate=8000,
+                bugname=FORK_BUG,
+                metadata=json.dumps({"rate": "8k"}),
+            )
+            await record_until(a, call_id, lambda r: r["status"] == "active")
+        records = [(await api(a, "GET", f"/api/calls/{c}")).json() for c in ids]
+        for call_id in ids:
+            await site.switch.hangup(call_id)
+        return records
+
+    try:
+        records = site.run(scenario(), timeout_s=60)
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=10)
+    assert {r["replica"] for r in records} == {"replica-a", "replica-b"}
+
+
+def _answers(url: str) -> bool:
+    with contextlib.suppress(httpx.HTTPError):
+        return httpx.get(url, timeout=1).status_code == 200
+    return False
 
 
 def test_killing_replica_b_mid_call_ends_its_call_as_replica_lost_once_a_notices(
