@@ -64,10 +64,14 @@ class Host:
 
 
 def caller_audio() -> bytes:
+    """The clip up to its last word (its own quiet tail cut off, so the test knows where the
+    speech ends: at len - 2 s), then 2 s of the line's silence."""
     with wave.open(str(CLIP)) as clip:
         assert clip.getframerate() == 16000
-        speech = clip.readframes(clip.getnframes())
-    return speech + bytes(2 * 16000 * 2)  # then 2 s of the line's silence
+        samples = np.frombuffer(clip.readframes(clip.getnframes()), np.int16)
+    last = int(np.nonzero(np.abs(samples) > 1000)[0][-1])
+    speech = samples[: last - last % 320 + 320].tobytes()  # whole 20 ms frames
+    return speech + bytes(2 * 16000 * 2)
 
 
 def blocker() -> np.ndarray:
@@ -114,39 +118,53 @@ def test_a_saturated_scheduler_gets_one_transcription_a_turn_and_no_early_ones()
     asyncio.run(scenario())
 
 
-def test_a_pause_whose_transcription_still_waits_for_a_worker_ends_at_the_silence_rule() -> None:
-    async def scenario() -> None:
-        stt = HeldSTT()
-        scheduler = TranscriptionScheduler(stt, workers=1)
-        other = asyncio.create_task(scheduler.transcribe(blocker(), "en", call_id="other"))
-        await asyncio.sleep(0.01)  # the only worker is busy; nothing waits: not saturated
-        assert not scheduler.saturated
-        host = Host()
-        turn = TurnConfig()
-        listener = Listener(
-            "caller",
-            rate=16000,
-            channels=1,
-            turn=turn,
-            stt=scheduler,
-            bus=EventBus(),
-            host=host,
-            language=lambda: "en",
-            partials=False,
-        )
-        audio = caller_audio()
-        for at in range(0, len(audio), 640):
-            listener.feed(audio[at : at + 640])
-            await asyncio.sleep(0)
-        stt.release.set()
-        async with asyncio.timeout(10):
-            await host.heard.wait()
-        # Its words could not judge the pause in time: the 700 ms rule ended it, not the
-        # unfinished turn's 1200 ms.
-        (ended,) = host.ended_after_ms
-        assert turn.end_of_turn_ms <= ended < turn.incomplete_ms
-        await other
-        await listener.finish()
-        await scheduler.aclose()
+async def turn_end_with_a_busy_worker(overloaded: bool) -> float:
+    """The silence after the caller's last word at which the turn ended, while the only worker
+    is busy; `overloaded`: another call's finished turn also waits when the caller stops."""
+    stt = HeldSTT()
+    scheduler = TranscriptionScheduler(stt, workers=1)
+    others = [asyncio.create_task(scheduler.transcribe(blocker(), "en", call_id="other"))]
+    await asyncio.sleep(0.01)
+    host = Host()
+    listener = Listener(
+        "caller",
+        rate=16000,
+        channels=1,
+        turn=TurnConfig(),
+        stt=scheduler,
+        bus=EventBus(),
+        host=host,
+        language=lambda: "en",
+        partials=False,
+    )
+    audio = caller_audio()
+    # 300 ms into the final pause: its transcription is queued (at 120 ms), not yet running.
+    overload_at = len(audio) - 2 * 16000 * 2 + 300 * 32
+    for at in range(0, len(audio), 640):
+        if at == overload_at and overloaded:
+            others.append(asyncio.create_task(scheduler.transcribe(blocker(), "en", call_id="x")))
+            await asyncio.sleep(0.01)
+        listener.feed(audio[at : at + 640])
+        await asyncio.sleep(0)
+    stt.release.set()
+    async with asyncio.timeout(10):
+        await host.heard.wait()
+    await asyncio.gather(*others)
+    await listener.finish()
+    await scheduler.aclose()
+    (ended,) = host.ended_after_ms
+    return ended
 
-    asyncio.run(scenario())
+
+def test_overloaded_a_pause_whose_transcription_waits_for_a_worker_ends_at_the_silence_rule() -> (
+    None
+):
+    turn = TurnConfig()
+    ended = asyncio.run(turn_end_with_a_busy_worker(overloaded=True))
+    assert turn.end_of_turn_ms <= ended < turn.incomplete_ms
+
+
+def test_not_overloaded_a_pause_waits_for_its_verdict_up_to_the_unfinished_turn_limit() -> None:
+    turn = TurnConfig()
+    ended = asyncio.run(turn_end_with_a_busy_worker(overloaded=False))
+    assert ended >= turn.incomplete_ms  # the words might say "unfinished": worth the wait

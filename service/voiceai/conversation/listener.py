@@ -90,6 +90,7 @@ class Listener:
         self._turns: asyncio.Queue[_Queued | None] = asyncio.Queue()
         self._early: tuple[SpeechPaused, asyncio.Task[Transcript | None]] | None = None
         self._early_started = asyncio.Event()  # its transcription left the queue
+        self._early_promoted = False  # made the turn's final transcription
         self._partial: asyncio.Task[None] | None = None
         self._next_partial_ms = PARTIAL_EVERY_MS
         self._turn_start_ms: int | None = None  # of the turn in progress, for stale partials
@@ -106,13 +107,21 @@ class Listener:
                     self._detector.turn_voiced_ms, self._detector.position_ms
                 )
             self._maybe_partial()
-        if self._early is not None and self._detector.trailing_silence_ms >= self._end_of_turn_ms:
+        if (
+            self._early is not None
+            and not self._early_promoted
+            and self._detector.trailing_silence_ms >= self._end_of_turn_ms
+        ):
             # Silent that long, the caller has most likely finished: the pause's transcript is
             # the turn's, and waits no longer behind other calls' early ones.
+            self._early_promoted = True
+            overloaded = self._stt_engine.saturated  # before this job joins the finals
             self._stt_engine.promote(self.call_id)
-            if not self._early_started.is_set():
-                # Its words would come too late to judge the pause: the silence rule ends the
-                # turn now, rather than holding it open until INCOMPLETE_TURN_MS under load.
+            if not self._early_started.is_set() and overloaded:
+                # Overloaded, its words would come too late to judge the pause: the silence
+                # rule ends the turn now rather than holding it open to INCOMPLETE_TURN_MS.
+                # (Not overloaded, the verdict is worth the wait: it keeps a half sentence
+                # from being answered.)
                 self._detector.decide(self._early[0], Verdict.UNSURE)
 
     def _on_turn_event(self, event: SpeechStarted | SpeechPaused | TurnEnded) -> None:
@@ -174,6 +183,7 @@ class Listener:
         """Transcribe at the pause: the text judges the pause, and is the turn's if it ends."""
         self._drop_early()
         self._early_started = asyncio.Event()
+        self._early_promoted = False
         task = asyncio.create_task(
             self._transcribe(paused.audio, Priority.EARLY, started=self._early_started)
         )
