@@ -14,7 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from voiceai.telephony.fork import SWITCH_NAME
 
-CALLS_PER_CORE = 2  # bench/capacity.py, tiny.en, 2 cores: 3 calls held (p95 1.3 s), 5 did not
+CALLS_PER_CORE = 2  # bench/capacity.py, tiny.en, 2 cores: 5 calls p50 0.9 s, 10 calls 1.3 s
 ENV_PREFIX = "VOICEAI_"
 
 
