@@ -4,6 +4,7 @@ start (`voiceai serve` exits 2), and SIGHUP reloads that keep the agents in use 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import queue
@@ -266,6 +267,22 @@ def test_the_app_serves_the_agents_of_its_files(tmp_path: Path, stt: Any, tts: A
         agents = client.app.state.services.agents  # type: ignore[attr-defined]
         assert agents.for_did("15551230001").greeting == "Bakery, hello!"
         assert agents.for_did("15550000000").name == "default"
+
+
+def test_every_agents_greeting_and_the_tool_lines_are_made_before_the_first_call(
+    tmp_path: Path, stt: Any, tts: Any
+) -> None:
+    settings = _files(tmp_path, TWO_NUMBERS.replace("order_status", "take_message"))
+    with TestClient(create_app(settings, stt=stt, tts=tts)):
+        made = {p.name for p in (settings.media_dir / "prompts").glob("prompt-*.wav")}
+
+    def file_of(text: str, language: str) -> str:
+        key = hashlib.sha256(f"{language}|{settings.fork_rate}|{text}".encode()).hexdigest()[:16]
+        return f"prompt-{key}.wav"
+
+    assert file_of("Bakery, hello!", "en") in made
+    assert file_of("Клиника, здравствуйте!", "ru") in made
+    assert file_of("One moment, please.", "en") in made  # the bakery has tools: its filler
 
 
 def test_an_agent_with_its_own_voice_gets_its_own_voice_and_prompt_cache(

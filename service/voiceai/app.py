@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from threadpoolctl import threadpool_limits
 
 from voiceai import __version__, events
-from voiceai.agents import AgentsReloader, load_configured_agents
+from voiceai.agents import Agents, AgentsReloader, load_configured_agents
 from voiceai.api import calls, fork, guards, live, routes, viewer
 from voiceai.api.calls import run_forwarded
 from voiceai.api.deps import Services
@@ -122,9 +122,11 @@ async def warm_up_models(
     tts: SpeechSynthesizer,
     prompts: PromptCache,
     turn_model: TurnCompletion | None,
+    agents: Agents | None = None,
 ) -> None:
     """Load every model into memory before the first caller needs it (cold starts are a peer
-    complaint): one transcription, the voices, the greeting and apology, the turn model."""
+    complaint): one transcription, the voices, the greetings, the apology and the tools' fixed
+    lines, the turn model."""
     started = time.perf_counter()
     rate = settings.fork_rate
     language = "ru" if settings.stt_language == "ru" else "en"
@@ -133,10 +135,16 @@ async def warm_up_models(
         ("speech recognition", stt.transcribe(noise, language)),
         ("voice", tts.synthesize("Hello.", language, rate)),
     ]
+    phrases = {(settings.greeting, language), (settings.apology, language)}
+    if agents is not None:
+        for agent in (agents.default, *agents.by_did.values()):
+            spoken = agent.call_language() or language
+            phrases.add((agent.greeting, spoken))
+            if len(agent.toolbox):
+                lines = ToolLines()
+                phrases.update((lines.say(w, spoken), spoken) for w in ("filler", "failed"))
     steps += [
-        (what, prompts.get(text, language, rate))
-        for what, text in (("greeting", settings.greeting), ("apology", settings.apology))
-        if text
+        (f"phrase {text[:30]!r}", prompts.get(text, lang, rate)) for text, lang in phrases if text
     ]
     if turn_model is not None:
         steps.append(("end-of-turn model", turn_model.complete_probability(noise)))
@@ -211,7 +219,7 @@ def create_app(
         if llm_engine is not None and (why_not := tools_warning(llm_engine, offered)):
             log.warning("%s", why_not)
         prompts = PromptCache(tts_engine, settings.media_dir / "prompts")
-        await warm_up_models(settings, stt_engine, tts_engine, prompts, turn_model)
+        await warm_up_models(settings, stt_engine, tts_engine, prompts, turn_model, agents)
         # The default switch's; a call's own switch replaces it (api/fork.py).
         control = switches.default.control if switches.default else None
         transcriber = TranscriptionScheduler(stt_engine, workers=settings.stt_concurrency()[0])
