@@ -958,7 +958,8 @@ async def cpu_row(
                     excluded += time.process_time() - before
                     text = said.text if said else None
                     sure = said.tail_confidence if said else 1.0
-                    if not worth_a_listen(judge_words(text, "en", None, 0.5, sure), text):
+                    verdict = judge_words(text, "en", None, 0.5, sure)
+                    if not worth_a_listen(verdict, text, "en"):
                         continue
                 await judge.complete_probability(pause)
                 checks += 1

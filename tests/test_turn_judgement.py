@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from voiceai.audio.turns import Verdict
-from voiceai.engines.turn import judge, looks_unfinished
+from voiceai.engines.turn import judge, looks_unfinished, worth_a_listen
 
 UNFINISHED = [
     ("en", "I would like to book a table for"),
@@ -44,16 +44,30 @@ def test_a_finished_sentence_ends_the_turn_when_the_model_agrees(language: str, 
     assert judge(text, language, probability=0.8, threshold=0.5) is Verdict.COMPLETE
 
 
-def test_a_question_on_a_dangling_preposition_is_left_to_the_silence() -> None:
+DANGLING_QUESTIONS = [
     # Whisper punctuated the fragment "…move my appointment to" (a pause, then "Thursday") as
-    # a question; a real "Where are you calling from?" just waits for the silence rule.
-    for language, text in (
-        ("en", "Is it possible to move my appointment to?"),
-        ("en", "Where are you calling from?"),
-        ("ru", "На что?"),
-    ):
-        assert not looks_unfinished(text, language)
-        assert judge(text, language, probability=0.99, threshold=0.5) is Verdict.UNSURE
+    # a question; "Where are you calling from?" is a whole one. Only the ear tells them apart.
+    ("en", "Is it possible to move my appointment to?"),
+    ("en", "Where are you calling from?"),
+    ("ru", "На что?"),
+]
+
+
+@pytest.mark.parametrize(("language", "text"), DANGLING_QUESTIONS)
+def test_a_question_on_a_dangling_function_word_waits_longer_when_the_ear_says_unfinished(
+    language: str, text: str
+) -> None:
+    assert not looks_unfinished(text, language)
+    assert worth_a_listen(judge(text, language, None, 0.5), text, language)
+    assert judge(text, language, probability=0.1, threshold=0.5) is Verdict.INCOMPLETE
+    # Never ended at once on the ear's word: it hears the fragment as a finished question too.
+    assert judge(text, language, probability=0.99, threshold=0.5) is Verdict.UNSURE
+    assert judge(text, language, probability=None, threshold=0.5) is Verdict.UNSURE
+
+
+def test_a_whole_question_is_not_worth_the_models_time() -> None:
+    verdict = judge("What time do you open?", "en", None, 0.5)
+    assert verdict is Verdict.COMPLETE and not worth_a_listen(verdict, "What time do you open?")
 
 
 def test_finished_words_that_do_not_sound_finished_leave_it_to_the_silence() -> None:

@@ -203,7 +203,7 @@ class Listener:
         language = self._language()
         verdict = judge(text, language, None, self._complete_threshold, sure)
         probability = None
-        if self._turn_model is not None and worth_a_listen(verdict, text):
+        if self._turn_model is not None and worth_a_listen(verdict, text, language):
             audio = to_float(resample(paused.audio, self._rate, WHISPER_RATE))
             try:
                 probability = await self._turn_model.complete_probability(audio)

@@ -164,17 +164,25 @@ def judge(
         return Verdict.INCOMPLETE
     if ends_on_a_function_word(text, language):
         # "Is it possible to move my appointment to?" was a fragment Whisper punctuated as a
-        # question ("Where are you calling from?" only waits for the silence rule).
-        return Verdict.UNSURE
+        # question; "Where are you calling from?" is a whole one. The words cannot tell them
+        # apart, and Smart Turn hears both as finished questions (measured): the silence rule
+        # decides, unless the ear says unfinished.
+        unfinished = probability is not None and probability < threshold
+        return Verdict.INCOMPLETE if unfinished else Verdict.UNSURE
     if probability is None or probability >= threshold:
         return Verdict.COMPLETE
     return Verdict.UNSURE
 
 
-def worth_a_listen(verdict: Verdict, text: str | None) -> bool:
-    """Whether the turn model can still change the verdict: only a finished-looking statement
-    (a question Whisper punctuated is finished; unfinished words win anyway)."""
-    return verdict is Verdict.COMPLETE and text is not None and not text.rstrip().endswith("?")
+def worth_a_listen(verdict: Verdict, text: str | None, language: str | None = None) -> bool:
+    """Whether the turn model can still change the verdict: a finished-looking statement, or
+    a question on a dangling function word (a question Whisper punctuated is otherwise
+    finished; unfinished words win anyway)."""
+    if text is None:
+        return False
+    if verdict is Verdict.UNSURE:
+        return ends_on_a_function_word(text, language)
+    return verdict is Verdict.COMPLETE and not text.rstrip().endswith("?")
 
 
 class SmartTurn:
