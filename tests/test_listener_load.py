@@ -74,6 +74,21 @@ def caller_audio() -> bytes:
     return speech + bytes(2 * 16000 * 2)
 
 
+def listening(scheduler: TranscriptionScheduler, host: Host) -> Listener:
+    """A caller's listener at 16 kHz with the default turn settings, partials off."""
+    return Listener(
+        "caller",
+        rate=16000,
+        channels=1,
+        turn=TurnConfig(),
+        stt=scheduler,
+        bus=EventBus(),
+        host=host,
+        language=lambda: "en",
+        partials=False,
+    )
+
+
 def blocker() -> np.ndarray:
     return np.zeros(160, dtype=np.dtype(np.float32, metadata={"label": "blocker"}))
 
@@ -89,17 +104,7 @@ def test_a_saturated_scheduler_gets_one_transcription_a_turn_and_no_early_ones()
         await asyncio.sleep(0.01)  # one runs, one waits: the only worker has a final queued
         assert scheduler.saturated
         host = Host()
-        listener = Listener(
-            "caller",
-            rate=16000,
-            channels=1,
-            turn=TurnConfig(),
-            stt=scheduler,
-            bus=EventBus(),
-            host=host,
-            language=lambda: "en",
-            partials=False,
-        )
+        listener = listening(scheduler, host)
         audio = caller_audio()
         for at in range(0, len(audio), 640):  # 20 ms frames, as FreeSWITCH sends them
             listener.feed(audio[at : at + 640])
@@ -126,17 +131,7 @@ async def turn_end_with_a_busy_worker(overloaded: bool) -> float:
     others = [asyncio.create_task(scheduler.transcribe(blocker(), "en", call_id="other"))]
     await asyncio.sleep(0.01)
     host = Host()
-    listener = Listener(
-        "caller",
-        rate=16000,
-        channels=1,
-        turn=TurnConfig(),
-        stt=scheduler,
-        bus=EventBus(),
-        host=host,
-        language=lambda: "en",
-        partials=False,
-    )
+    listener = listening(scheduler, host)
     audio = caller_audio()
     # 300 ms into the final pause: its transcription is queued (at 120 ms), not yet running.
     overload_at = len(audio) - 2 * 16000 * 2 + 300 * 32
