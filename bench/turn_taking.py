@@ -8,11 +8,8 @@ Audio. Real human speech from /work/shared/speech/real (read in place) and piper
 normalized to an active speech level of -26 dBFS (ITU-T P.56's nominal telephone level), mixed at
 16 kHz with line noise, then put through the phone band with sox exactly as make_phone.sh does
 (16 kHz -> 8 kHz G.711 µ-law -> 8 kHz 16-bit), in a temporary folder.
-- Speech frames: the 20 ms frames of the CLEAN 16 kHz clip whose RMS level is at least
-  max(loudest frame - 30 dB, noise floor + 8 dB), the noise floor being the 10th percentile of
-  the frame levels (several clips carry their own background 20-25 dB under the speech). True
-  onset = start of the first speech frame; true end of speech = end of the last one.
-- Active speech level = mean power of the speech frames. SNR = active speech level - RMS level of
+- Speech frames, true onset and end, active speech level: voiceai.sim.speech_span's rule, on the
+  CLEAN 16 kHz clip. SNR = active speech level - RMS level of
   the whole noise signal, both at 16 kHz before the phone band: 10/15/20 dB put the noise at
   -36/-41/-46 dBFS.
 - Pink noise: `sox synth pinknoise`. Babble: 6 real clips that are never used as speech here,
@@ -53,6 +50,7 @@ from voiceai.sim.freeswitch import Channel, EslServer
 from voiceai.sim.freeswitch.protocol import get_header
 from voiceai.sim.ollama_server import OllamaEmulator
 from voiceai.sim.phone import PhoneCall
+from voiceai.sim.speech_span import active_level, speech_span
 from voiceai.sim.voices import synthesize_caller
 
 REAL = Path("/work/shared/speech/real")
@@ -61,8 +59,6 @@ WIDE = 16000  # where noise is mixed, before the phone-band conversion
 FRAME_S = 0.02
 FRAME = int(RATE * FRAME_S)  # samples per fork frame: caller audio is queued in whole frames
 SPEECH_DBFS = -26.0
-PEAK_RANGE_DB = 30.0
-FLOOR_MARGIN_DB = 8.0
 SNRS = (20, 15, 10)
 NOISE_SNR = 15  # parts 2-4 and 6: the line noise of step 1 at 15 dB
 LEAD_S = 1.0  # line noise before the caller speaks
@@ -175,33 +171,6 @@ def phone_band(samples: np.ndarray, work: Path) -> np.ndarray:
 
 def to_int16(samples: np.ndarray) -> np.ndarray:
     return np.clip(np.round(samples), -32768, 32767).astype(np.int16)
-
-
-def frame_levels(samples: np.ndarray, rate: int) -> np.ndarray:
-    """dBFS of each whole 20 ms frame."""
-    size = int(rate * FRAME_S)
-    count = len(samples) // size
-    frames = samples[: count * size].astype(np.float64).reshape(count, size)
-    rms = np.sqrt((frames**2).mean(axis=1))
-    return 20 * np.log10(np.maximum(rms, 1e-3) / 32768)
-
-
-def speech_frames(levels: np.ndarray) -> np.ndarray:
-    """The rule (see the module doc): within 30 dB of the peak and 8 dB over the noise floor."""
-    threshold = max(levels.max() - PEAK_RANGE_DB, np.percentile(levels, 10) + FLOOR_MARGIN_DB)
-    return levels >= threshold
-
-
-def speech_span(samples: np.ndarray, rate: int) -> tuple[float, float]:
-    """(true onset, true end of speech) in seconds."""
-    voiced = np.flatnonzero(speech_frames(frame_levels(samples, rate)))
-    return float(voiced[0] * FRAME_S), float((voiced[-1] + 1) * FRAME_S)
-
-
-def active_level(samples: np.ndarray, rate: int) -> float:
-    levels = frame_levels(samples, rate)
-    active = levels[speech_frames(levels)]
-    return float(10 * np.log10(np.mean(10 ** (active / 10))))
 
 
 def normalized(samples: np.ndarray, rate: int, level: float = SPEECH_DBFS) -> np.ndarray:

@@ -41,6 +41,8 @@ from voiceai.sim.freeswitch import Channel, EslServer
 from voiceai.sim.freeswitch.protocol import get_header
 from voiceai.sim.ollama_server import OllamaEmulator
 from voiceai.sim.phone import PhoneCall
+from voiceai.sim.speech_span import active_level as level_of_speech
+from voiceai.sim.speech_span import speech_span as span_of_speech
 from voiceai.sim.voices import synthesize_caller
 
 REAL = Path("/work/shared/speech/real")
@@ -48,8 +50,6 @@ RATE = 8000  # the phone band: what the fork streams
 FRAME_S = 0.02
 BYTES_PER_S = RATE * 2
 ESL_PASSWORD = "esl-test-pw"
-PEAK_RANGE_DB = 30.0
-FLOOR_MARGIN_DB = 8.0
 COMFORT_DBFS = -50.0  # a line's comfort noise when nobody speaks
 
 T = TypeVar("T")
@@ -90,30 +90,13 @@ def dbfs(level: float) -> float:
     return 32768.0 * 10 ** (level / 20)
 
 
-def frame_levels(samples: np.ndarray) -> np.ndarray:
-    size = int(RATE * FRAME_S)
-    count = len(samples) // size
-    frames = samples[: count * size].astype(np.float64).reshape(count, size)
-    rms = np.sqrt((frames**2).mean(axis=1))
-    return 20 * np.log10(np.maximum(rms, 1e-3) / 32768)
-
-
-def speech_frames(levels: np.ndarray) -> np.ndarray:
-    threshold = max(levels.max() - PEAK_RANGE_DB, np.percentile(levels, 10) + FLOOR_MARGIN_DB)
-    return levels >= threshold
-
-
 def speech_span(samples: np.ndarray) -> tuple[float, float]:
-    """(true onset, true end of speech) in seconds from the start of `samples`."""
-    voiced = np.flatnonzero(speech_frames(frame_levels(samples)))
-    return float(voiced[0] * FRAME_S), float((voiced[-1] + 1) * FRAME_S)
+    """(true onset, true end of speech) in seconds from the start of `samples`, at RATE."""
+    return span_of_speech(samples, RATE)
 
 
 def active_level(samples: np.ndarray) -> float:
-    """The active speech level in dBFS."""
-    levels = frame_levels(samples)
-    active = levels[speech_frames(levels)]
-    return float(10 * np.log10(np.mean(10 ** (active / 10))))
+    return level_of_speech(samples, RATE)
 
 
 def at_level(samples: np.ndarray, level: float) -> np.ndarray:
