@@ -292,8 +292,11 @@ REPLY_WITHIN_S = 2.5  # of noise streamed after the true end of speech
 
 
 def test_noise_after_a_question_does_not_keep_the_turn_open(service_factory, tts) -> None:
-    # "Sunday is the best part of the week." (Harvard sentence, a real speaker, quiet background)
-    speech = at_level(real_speech("en_harvard_spk1_snt5"), HOT_LINE_DBFS)
+    # "She had your dark suit in greasy wash water all year." (TIMIT, a real speaker): no pause
+    # inside it, so what is measured is the noise after it. (A clip with a 180 ms pause inside,
+    # "Sunday is the best | part of the week", sometimes gets its first half answered: a
+    # mid-sentence pause, which tests/test_turn_detector.py and bench part 2 cover.)
+    speech = at_level(real_speech("en_timit_ldc93s1"), HOT_LINE_DBFS)
     _, speech_end = speech_span(speech)
     lead_s, noise_s = 0.5, 8.0
     clean = np.concatenate([silence(lead_s), speech, silence(noise_s)])
@@ -304,7 +307,7 @@ def test_noise_after_a_question_does_not_keep_the_turn_open(service_factory, tts
 
     async def one_call(vad: str) -> tuple[float | None, PhoneCall]:
         """Where in the stream the first reply was sent; None: not while the noise lasted."""
-        with OllamaEmulator(reply=lambda m: "Sundays are lovely here.") as ollama:
+        with OllamaEmulator(reply=lambda m: "That sounds like a lot of washing.") as ollama:
             async with (
                 timed_service(service_factory, tts, ollama_url=ollama.url, vad=vad) as (
                     switch,
@@ -335,7 +338,7 @@ def test_noise_after_a_question_does_not_keep_the_turn_open(service_factory, tts
     )
     finals = silero_call.log.of(events.TRANSCRIPT_FINAL)
     assert len(finals) == 1, summary(silero_call)
-    assert {"sunday", "best", "week"} <= words(finals[0]["data"]["text"]), summary(silero_call)
+    assert {"suit", "wash", "year"} <= words(finals[0]["data"]["text"]), summary(silero_call)
     # webrtcvad alone calls such noise speech and keeps the turn open (tests/test_turn_detector.py
     # shows it on the same kind of audio); here the caller-level gate would now rescue it too.
 
