@@ -206,7 +206,10 @@ def test_the_transfer_tool_transfers_and_nothing_plays_after_it(
                     call.say(caller_says(speech, "booking"))
                     await call.wait_event(events.CALL_TRANSFERRED)
                     call.say(caller_says(speech, "invoice"))  # talking to the person now
-                    await asyncio.sleep(3)
+                    # The service still hears that turn (its transcript), and must stay quiet:
+                    # a reply would have been sent within a second and a half of it.
+                    await call.wait_event(events.TRANSCRIPT_FINAL, count=2)
+                    await asyncio.sleep(1.5)  # the window in which nothing may happen
                     heard = await heard_by_caller(switch, call, stt)
                     commands = list(switch.commands)
                     await call.end()
