@@ -193,13 +193,8 @@ class OpenAIChatLLM:
     def _status_error(self, response: httpx.Response) -> LLMError:
         status = response.status_code
         if status in (401, 403):
-            # The server's own text may echo part of the key (OpenAI's does): never shown.
-            if not self._api_key:
-                return LLMError(
-                    f"{self._where} wants an API key (HTTP {status}): set VOICEAI_OPENAI_API_KEY"
-                )
             return LLMError(
-                f"{self._where} refused the API key (HTTP {status}): check VOICEAI_OPENAI_API_KEY"
+                key_refused(self._where, status, self._api_key, "VOICEAI_OPENAI_API_KEY")
             )
         said = self._said(response.text) or response.reason_phrase
         if status == 404:
@@ -333,6 +328,14 @@ def _answered(message: Mapping[str, Any], waiting: list[tuple[str, str]], positi
         return stable_call_id(position, 0)
     waiting.remove(match)
     return match[0]
+
+
+def key_refused(where: str, status: int, key: str, setting: str) -> str:
+    """A 401/403, said without the server's own text, which may echo part of the key (OpenAI's
+    does)."""
+    if not key:
+        return f"{where} wants an API key (HTTP {status}): set {setting}"
+    return f"{where} refused the API key (HTTP {status}): check {setting}"
 
 
 def server_message(text: str, *, secrets: Sequence[str] = ()) -> str:

@@ -23,7 +23,7 @@ import numpy as np
 
 from voiceai.config import hide_url_password
 from voiceai.engines.llm import CONNECT_TIMEOUT_S, _describe
-from voiceai.engines.openai_chat import server_message
+from voiceai.engines.openai_chat import key_refused, server_message
 from voiceai.engines.stt import WHISPER_RATE, STTError, Transcript, _has_words
 
 SERVER = "transcription server"
@@ -122,14 +122,7 @@ class OpenAISTT:
     def _status_error(self, response: httpx.Response) -> STTError:
         status = response.status_code
         if status in (401, 403):
-            # The server's own text may echo part of the key (OpenAI's does): never shown.
-            if not self._api_key:
-                return STTError(
-                    f"{self._where} wants an API key (HTTP {status}): set VOICEAI_STT_API_KEY"
-                )
-            return STTError(
-                f"{self._where} refused the API key (HTTP {status}): check VOICEAI_STT_API_KEY"
-            )
+            return STTError(key_refused(self._where, status, self._api_key, "VOICEAI_STT_API_KEY"))
         said = server_message(response.text, secrets=[self._api_key]) or response.reason_phrase
         if status == 404:
             return STTError(
