@@ -507,7 +507,7 @@ TURN_TARGETS = {"clean": "p50 ≤ 650", "pink 15 dB": "p50 ≤ 800, max ≤ 1500
 
 
 def print_turn_latency(
-    rows: list[tuple[str, str, list[TurnResult]]], clips: Sequence[Speech]
+    rows: list[tuple[str, str, list[TurnResult]]], clips: Sequence[Speech], detail: bool = False
 ) -> None:
     print("\nPart 1 · turn latency: true end of speech → first playback command (ms), 8 kHz µ-law")
     ends = ", ".join(f"{c.name.removeprefix('en_')} {c.end_s:.2f}" for c in clips)
@@ -529,6 +529,8 @@ def print_turn_latency(
             f"{figures}{(pct(service, 0.5) if service else '-'):>9}"
             f"   {TURN_TARGETS.get(condition, '') if label == 'real' else ''}"
         )
+        if detail:
+            print(f"{'':<9}{' '.join(str(r.latency_ms) for r in results)}")
     print(
         f"  lost: no playback command within {LOST_AFTER_S:.0f} s of the true end; cut-in: sent "
         "before the caller finished (left out of p50/p90/max, nearest rank);\n  noise-rep: "
@@ -752,7 +754,7 @@ async def over_bot_line(
     return results
 
 
-def print_over_bot(results: dict[str, list[OverBotResult]]) -> None:
+def print_over_bot(results: dict[str, list[OverBotResult]], detail: bool = False) -> None:
     print("\nPart 4 · real speech over the bot: true speech onset → uuid_break received (ms)")
     print(f"  {'line':<12}{'clips':>6}{'broken':>8}{'p50':>7}{'max':>7}   target     notes")
     for name, rows in results.items():
@@ -760,6 +762,8 @@ def print_over_bot(results: dict[str, list[OverBotResult]]) -> None:
         notes = "; ".join(f"{r.clip.removeprefix('en_')}: {r.note}" for r in rows if r.note)
         figures = f"{pct(delays, 0.5):>7}{max(delays):>7}" if delays else f"{'-':>14}"
         print(f"  {name:<12}{len(rows):>6}{len(delays):>8}{figures}   max ≤ 400  {notes}")
+        if detail:
+            print(f"{'':<14}{' '.join(f'{r.clip}={r.delay_ms}' for r in rows)}")
 
 
 # --- part 5: word error rate ------------------------------------------------------------------
@@ -1004,7 +1008,7 @@ def prepare(
     return Mixer(work, noises, SEED), speeches, questions, phrases, opening
 
 
-async def main(quick: bool) -> None:
+async def main(quick: bool, parts: set[int], detail: bool) -> None:
     if shutil.which("sox") is None:
         raise SystemExit("this benchmark converts audio with sox: apt-get install sox")
     plan = QUICK if quick else FULL
@@ -1039,24 +1043,35 @@ async def main(quick: bool) -> None:
                     flush=True,
                 )
                 took("setup")
-                print_turn_latency(await part_turn_latency(bench, clips, questions), clips)
-                took("1")
-                print_pauses(await part_pauses(bench, phrases), len(phrases))
-                took("2")
-                print_noise([await noise_over_bot(bench, k, opening) for k in ("pink", "babble")])
-                took("3")
-                print_over_bot(
-                    {
-                        name: await over_bot_line(bench, over_bot, opening, BY_NAME[name])
-                        for name in plan.over_bot_lines
-                    }
-                )
-                took("4")
+                if 1 in parts:
+                    rows = await part_turn_latency(bench, clips, questions)
+                    print_turn_latency(rows, clips, detail)
+                    took("1")
+                if 2 in parts:
+                    print_pauses(await part_pauses(bench, phrases), len(phrases))
+                    took("2")
+                if 3 in parts:
+                    noise = [await noise_over_bot(bench, k, opening) for k in ("pink", "babble")]
+                    print_noise(noise)
+                    took("3")
+                if 4 in parts:
+                    print_over_bot(
+                        {
+                            name: await over_bot_line(bench, over_bot, opening, BY_NAME[name])
+                            for name in plan.over_bot_lines
+                        },
+                        detail,
+                    )
+                    took("4")
                 if bench.gaps:
                     print(f"  (warning: the caller's line ran dry {bench.gaps} times)")
         await switch.stop()
-        print_wer(*await part_wer(stt, load_manifest(), work, plan.wer_clips))
-        took("5")
+        if 5 in parts:
+            print_wer(*await part_wer(stt, load_manifest(), work, plan.wer_clips))
+            took("5")
+        if 6 not in parts:
+            await stt.aclose()
+            return
         print("\nPart 6 · CPU of ingest + VAD + turn model, 60 s of speech in pink 15 dB noise")
         print(f"  {'detector':<44}{'ms/s':>8}{'calls':>8}   target (calls per core)")
         rhythm = cpu_audio(mixer, clips, gap_s=6.0)
@@ -1073,4 +1088,9 @@ async def main(quick: bool) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds: about 3 minutes")
-    asyncio.run(main(parser.parse_args().quick))
+    parser.add_argument(
+        "--parts", default="1,2,3,4,5,6", help="which parts to run, e.g. 1,4 (default: all)"
+    )
+    parser.add_argument("--detail", action="store_true", help="print every turn's figure")
+    args = parser.parse_args()
+    asyncio.run(main(args.quick, {int(p) for p in args.parts.split(",")}, args.detail))

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import looptime
+import numpy as np
 import pytest
 
 from tests.fakes import CoreCall, FakeLLM, line_noise, vowel
@@ -495,6 +496,46 @@ def test_a_speculative_reply_is_dropped_unheard_when_the_caller_goes_on(tmp_path
             "I would like to book a table for four people tomorrow."
         )
         assert [e.text for e in call.received(events.BotSaid)] == ["A table for four, done."]
+        await call.session.finish("hangup")
+
+    on_fake_clock(scenario)
+
+
+def test_a_caller_going_on_as_the_reply_is_ready_is_not_answered_mid_sentence(
+    tmp_path: Path,
+) -> None:
+    """The pause is judged final and the reply's audio is ready while the caller's next words
+    are too short yet to be a turn: the audio waits, the words become a turn, the reply is
+    dropped unheard (the race the real Harvard clip "Sunday is the best | part of the week",
+    a 180 ms pause, lost one run in four)."""
+
+    async def scenario() -> None:
+        llm = FakeLLM(replies=["Never heard.", "Sundays are good."])
+        call = CoreCall(tmp_path, llm=llm)
+        await call.caller_says("Sunday is the best.", speech_ms=1200, then_ms=180)
+        await call.caller_says("Part of the week.", speech_ms=1000)
+        await call.until(lambda: call.received(events.BotSaid) != [])
+        assert [e.text for e in call.received(events.BotSaid)] == ["Sundays are good."]
+        assert len(call.switch.named("play")) == 1
+        assert llm.requests[1][-1]["content"] == "Sunday is the best. Part of the week."
+        await call.session.finish("hangup")
+
+    on_fake_clock(scenario)
+
+
+def test_a_click_as_the_reply_is_ready_delays_it_briefly_and_drops_nothing(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        llm = FakeLLM(replies=["We open at nine."])
+        call = CoreCall(tmp_path, llm=llm)
+        await call.caller_says("When do you open?", speech_ms=1200, then_ms=200)
+        asked_at = asyncio.get_running_loop().time()
+        await call.send_audio(np.concatenate([vowel(60), line_noise(1500)]))
+        assert [e.text for e in call.received(events.BotSaid)] == ["We open at nine."]
+        assert [e.trigger for e in call.received(events.CallState)].count("resumed") == 0
+        played_at = call.switch.named("play")[0].at
+        assert played_at - asked_at < 0.4  # held while the click lasted, then played
         await call.session.finish("hangup")
 
     on_fake_clock(scenario)

@@ -29,6 +29,10 @@ CALLER_LEVEL_GATE_DB = 15.0
 LEVEL_LEARN_MS = 400
 LEVEL_RISE, LEVEL_FALL = 0.3, 0.01  # per 20 ms speech frame
 ONSET_REACH_MS = 600  # how far back a turn's start may reach to speech the level gate held back
+# Outside a turn, this much speech within the start window, the last of it this recent, is the
+# caller stirring: perhaps the start of a turn, perhaps a click that will come to nothing.
+STIR_MS = 40
+STIR_RECENT_MS = 100
 
 EndReason = Literal["silence", "complete", "incomplete_wait", "max_length", "end_of_stream"]
 
@@ -152,6 +156,17 @@ class TurnDetector:
     def trailing_silence_ms(self) -> int:
         """Silence since the caller's last voiced frame in this turn (0 outside a turn)."""
         return self._silence_ms if self._in_turn else 0
+
+    @property
+    def stirring(self) -> bool:
+        """Outside a turn, the caller is making speech-like sound that may yet become a turn."""
+        if self._in_turn:
+            return False
+        window = list(self._before)[-self._window_frames :]
+        voiced = [i for i, (_, v, _) in enumerate(window) if v]
+        if len(voiced) * self.frame_ms < STIR_MS:
+            return False
+        return (len(window) - 1 - voiced[-1]) * self.frame_ms < STIR_RECENT_MS
 
     def turn_so_far(self) -> tuple[np.ndarray, int] | None:
         """The audio of the turn in progress and its start, for a partial transcript."""

@@ -124,6 +124,11 @@ class Listener:
                 # from being answered.)
                 self._detector.decide(self._early[0], Verdict.UNSURE)
 
+    @property
+    def caller_stirring(self) -> bool:
+        """Between turns, the caller makes a sound that may be the start of the next one."""
+        return self._detector.stirring
+
     def _on_turn_event(self, event: SpeechStarted | SpeechPaused | TurnEnded) -> None:
         if isinstance(event, SpeechStarted):
             self._turn_start_ms = event.at_ms

@@ -13,7 +13,7 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,7 +72,7 @@ class Responder:
         bus: EventBus,
         rate: int,
         media: Path,
-        before_audio: Callable[[], None],
+        before_audio: Callable[[], Awaitable[None]],
         tools: ToolRunner | None = None,
         max_tool_rounds: int = 3,
     ) -> None:
@@ -228,7 +228,7 @@ class Responder:
             write_wav(path, audio)
         except OSError as exc:
             raise SpeechFailed("media", media_problem(path, exc)) from exc
-        self._before_audio()
+        await self._before_audio()
         await self._play(Utterance(path, text, audio.duration_s))
         if timing is not None:
             timing.mark("play_sent")
@@ -243,7 +243,7 @@ class Responder:
             raise SpeechFailed("tts", str(exc)) from exc
         except OSError as exc:
             raise SpeechFailed("media", media_problem(Path(exc.filename or "?"), exc)) from exc
-        self._before_audio()
+        await self._before_audio()
         await self._play(Utterance(prompt.path, text, prompt.duration_s, keep_file=True))
 
     async def _play(self, utterance: Utterance) -> None:

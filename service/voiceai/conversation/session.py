@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 BREAK_CONFIRM_S = 2.0  # longest wait for FreeSWITCH to confirm a break with PLAYBACK_STOP
 LOST_TURNS_IN_A_ROW = 2  # untranscribable turns before the caller is handed over
 HANGUP_CAUSE_WAIT_S = 1.0  # the fork often closes just before CHANNEL_HANGUP_COMPLETE arrives
+# A reply's first audio waits at most this long for a caller who stirs after a pause judged
+# final to either start a turn (the reply is dropped unheard) or fall quiet (it plays).
+RESUME_HOLD_S = 0.3
 
 
 class CallNotReady(Exception):
@@ -167,6 +170,8 @@ class CallSession:
         self._lost_turns = 0  # in a row that speech recognition could not transcribe
         self._failing_over = False  # the apology and hand-over are under way: no barge-in
         self._hung_up = asyncio.Event()
+        self._caller_quiet = asyncio.Event()  # between turns, no sound that may start one
+        self._caller_quiet.set()
         self._tasks: set[asyncio.Task[Any]] = set()
 
     @property
@@ -187,6 +192,10 @@ class CallSession:
     def feed(self, data: bytes) -> None:
         """Caller audio as it arrives: any number of bytes, any split."""
         self._listener.feed(data)
+        if self._listener.caller_stirring:
+            self._caller_quiet.clear()
+        else:
+            self._caller_quiet.set()
 
     def on_speech_started(self, at_ms: int) -> None:
         self._barged_in_this_turn = False
@@ -270,8 +279,13 @@ class CallSession:
             self._error("cannot_speak", f"cannot speak: {why}")
         return ready
 
-    def _before_audio(self) -> None:
+    async def _before_audio(self) -> None:
         """Every file the bot plays passes here: the state table may refuse it."""
+        if self.state is State.THINKING and not self._caller_quiet.is_set():
+            # The caller may be going on after a pause judged final: let that sound become a
+            # turn (RESUMED drops this reply unheard) or fade, so half a sentence goes unanswered.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._caller_quiet.wait(), RESUME_HOLD_S)
         if not self._machine.fire(Trigger.AUDIO_READY):
             raise Refused(f"no audio while the call is {self.state}")
 
