@@ -46,6 +46,7 @@ from local_service import ESL_PASSWORD, local_service
 from voiceai import events
 from voiceai.audio.pcm import FrameChunker, decode_file, resample, to_float
 from voiceai.engines.stt import WHISPER_RATE, WhisperSTT
+from voiceai.sim.babble import babble
 from voiceai.sim.freeswitch import Channel, EslServer
 from voiceai.sim.freeswitch.protocol import get_header
 from voiceai.sim.ollama_server import OllamaEmulator
@@ -232,19 +233,6 @@ def pink_noise(work: Path) -> np.ndarray:
     path = work / "pink.wav"
     sox("-n", "-r", WIDE, "-c", 1, "-b", 16, path, "synth", BED_S, "pinknoise", "gain", -10)
     return unit_rms(read_wav(path))
-
-
-def babble_noise(talkers: Sequence[np.ndarray], rng: np.random.Generator) -> np.ndarray:
-    """Reversed, looped, offset talkers summed: a crowd with no words in it."""
-    count = int(BED_S * WIDE)
-    total = np.zeros(count)
-    for samples in talkers:
-        onset, end = speech_span(samples, WIDE)
-        voice = normalized(samples, WIDE)[int(onset * WIDE) : int(end * WIDE)][::-1]
-        looped = np.tile(voice.astype(np.float64), count // voice.size + 2)
-        start = int(rng.integers(voice.size))
-        total += looped[start : start + count]
-    return unit_rms(total)
 
 
 @dataclass(frozen=True)
@@ -997,8 +985,10 @@ def prepare(
     speeches = {name: make_speech(name, texts[name], wide[name]) for name in sorted(used)}
     rng = np.random.default_rng(SEED)
     pool = sorted(set(wide) - used - set(NOT_BABBLE))
-    talkers = [wide[name] for name in rng.choice(pool, BABBLE_TALKERS, replace=False)]
-    noises = {"pink": pink_noise(work), "babble": babble_noise(talkers, rng)}
+    talkers = [
+        normalized(wide[name], WIDE) for name in rng.choice(pool, BABBLE_TALKERS, replace=False)
+    ]
+    noises = {"pink": pink_noise(work), "babble": babble(talkers, BED_S, WIDE, rng)}
     questions = [synthesized(q, work, f"q{i}") for i, q in enumerate(QUESTIONS[: plan.questions])]
     phrases = [
         (synthesized(a, work, f"p{i}a"), synthesized(b, work, f"p{i}b"))

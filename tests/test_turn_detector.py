@@ -20,7 +20,8 @@ from voiceai.audio.turns import (
     Verdict,
 )
 from voiceai.audio.vad import SileroModel
-from voiceai.sim.speech_span import speech_span
+from voiceai.sim.babble import babble
+from voiceai.sim.speech_span import active_level, speech_span
 
 RATE = 16000
 
@@ -192,6 +193,67 @@ def test_silero_sees_the_pause_after_real_speech_in_continuous_noise(
 def test_pink_noise_alone_starts_no_turn_with_silero(silero: SileroModel) -> None:
     noise = pink_noise(20.0, 8000, rms=0.018 * 32768)  # about -35 dBFS
     assert run(TurnDetector(8000, 20, TurnConfig(), silero.stream(8000)), noise) == []
+
+
+# Babble from real talkers the tests below never use as the caller (reversed: no words in it).
+BABBLE_TALKERS = (
+    "en_harvard_spk2_snt5",
+    "en_libritts_260_123286_000003_000002",
+    "en_harvard_spk1_snt2",
+    "en_cmd_add_apples_to_my_shopping_list",
+    "en_pisets_neural_networks",
+    "en_harvard_spk2_snt1",
+)
+SPEECH_DBFS = -26.0  # the caller's active speech level (ITU-T P.56's nominal)
+
+
+def at_level(samples: np.ndarray, rate: int, dbfs: float = SPEECH_DBFS) -> np.ndarray:
+    return samples.astype(np.float64) * 10 ** ((dbfs - active_level(samples, rate)) / 20)
+
+
+def babble_at(seconds: float, dbfs: float, rate: int = 8000) -> np.ndarray:
+    talkers = [at_level(real_clip(name, rate), rate) for name in BABBLE_TALKERS]
+    crowd = babble(talkers, seconds, rate, np.random.default_rng(5))
+    return crowd * 32768 * 10 ** (dbfs / 20)
+
+
+def turns_of(emitted: list[tuple[int, object]]) -> list[tuple[int, int]]:
+    """(start, end) in ms of every turn the detector reported."""
+    return [(e.start_ms, e.end_ms) for _, e in emitted if isinstance(e, TurnEnded)]
+
+
+@pytest.mark.parametrize("snr_db", [15, 10])
+@pytest.mark.parametrize("name", ["en_harvard_spk1_snt5", "en_timit_ldc93s1", "en_arctic_a0024"])
+def test_babble_under_real_speech_does_not_keep_the_turn_open(
+    silero: SileroModel, name: str, snr_db: int
+) -> None:
+    """Other people talking near the caller are speech to the VAD, yet the turn ends with the
+    caller's last word (it used to last as long as the babble)."""
+    clip = at_level(real_clip(name), 8000)
+    lead, after = 1.0, 4.0
+    audio = babble_at(lead + len(clip) / 8000 + after, SPEECH_DBFS - snr_db)
+    start = int(lead * 8000)
+    audio[start : start + len(clip)] += clip
+    end = round(lead * 1000) + true_end_ms(clip.astype(np.int16), 8000)
+
+    emitted = run(TurnDetector(8000, 20, TurnConfig(), silero.stream(8000)), audio.astype(np.int16))
+    ended = [
+        (at - end, e) for at, e in emitted if isinstance(e, TurnEnded) and e.end_ms > end - 500
+    ]
+    assert ended, turns_of(emitted)
+    after_end, turn = ended[0]
+    assert turn.reason == "silence"
+    # A burst of the crowd right after the last word may stretch it a little, never for long.
+    assert -300 < turn.end_ms - end < 500, (turn.end_ms - end, turns_of(emitted))
+    assert after_end < TurnConfig().end_of_turn_ms + 600
+
+
+def test_babble_alone_holds_no_turn_open(silero: SileroModel) -> None:
+    seconds = 20.0
+    audio = babble_at(seconds, SPEECH_DBFS - 15).astype(np.int16)
+    turns = turns_of(run(TurnDetector(8000, 20, TurnConfig(), silero.stream(8000)), audio))
+    assert all(end - start < 1500 for start, end in turns), turns
+    assert sum(end - start for start, end in turns) < 0.1 * seconds * 1000, turns
 
 
 def paused_detector(silero: SileroModel) -> tuple[TurnDetector, SpeechPaused, bytes]:

@@ -128,6 +128,20 @@ class Settings(BaseSettings):
     min_speech_ms: int = Field(
         200, ge=20, le=2000, description="Voiced audio needed before a turn starts."
     )
+    babble_margin_db: float = Field(
+        8.0,
+        ge=0.0,
+        le=30.0,
+        description="With other voices behind the caller, how far over them the caller's speech "
+        "must stand to count (0: no level gate on babble).",
+    )
+    resume_hold_ms: int = Field(
+        300,
+        ge=0,
+        le=2000,
+        description="Longest a reply's first audio waits while a caller who just finished a "
+        "turn makes a sound that may be them going on.",
+    )
     max_utterance_ms: int = Field(
         20000, ge=1000, le=120000, description="A turn longer than this is cut and transcribed."
     )

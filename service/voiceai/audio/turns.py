@@ -4,6 +4,7 @@ pause worth judging, turn end."""
 from __future__ import annotations
 
 import enum
+import math
 from collections import deque
 from dataclasses import dataclass
 from typing import Literal
@@ -21,13 +22,31 @@ TAIL_MS = 200  # silence kept after the last voiced frame; Whisper ends words be
 SPEECH_FLOOR_DB = 30.0
 HYSTERESIS = 0.15  # inside a turn, speech goes on until the probability drops this much lower
 # Babble (other people talking near the caller, a TV) is speech to any VAD, but quieter than the
-# caller, who is at the phone: once LEVEL_LEARN_MS of the caller's speech has set their level,
-# speech more than CALLER_LEVEL_GATE_DB below it is not theirs. The level follows the caller's
-# loud syllables (it rises fast and falls slowly), so quiet ones do not drag it down to the
-# babble's.
+# caller, who is at the phone. When the VAD hears speech in at least BABBLE_SHARE of the recent
+# frames that were not the caller's (babble; pink, car or hum noise it rejects itself, and a level
+# margin there would only cut quiet last syllables), a frame is the caller's only if its level
+# stands TurnConfig.babble_margin_db over the background: the BACKGROUND_PERCENTILE level of those
+# babble frames over BACKGROUND_WINDOW_MS, never under the FLOOR_PERCENTILE of every frame there
+# (which alone stands in while the babble is not yet known: babble from a call's first moment).
+# Once LEVEL_LEARN_MS of the caller's speech has set their level, a frame must also be no more than
+# CALLER_LEVEL_GATE_DB under it (the level follows their loud syllables: rises fast, falls slowly).
+# Before a turn, the level held to the loudest of the last ENVELOPE_MS is compared with the
+# caller's (a stop consonant's dip must not delay a start; babble bursts would pass it, so the
+# babble gate takes the frame's own); inside a turn, the frame's own (a held level would stretch
+# the turn past its last word).
+ENVELOPE_MS = 100
+BACKGROUND_WINDOW_MS = 5000
+BACKGROUND_PERCENTILE = 20
+FLOOR_PERCENTILE = 5
+FLOOR_MIN_MS = 200  # frames heard before the floor counts
+BACKGROUND_MIN_MS = 500  # frames (not the caller's) before the babble estimates count
+BABBLE_WINDOW_MS = 1500  # recent enough that a TV switched on mid-call is soon known as babble
+BABBLE_SHARE = 0.2  # measured: pink noise 0 % at any SNR, babble 73-100 %
+BABBLE_PROBABILITY = 0.25  # "the VAD hears speech" in that count: babble is often in between
 CALLER_LEVEL_GATE_DB = 15.0
 LEVEL_LEARN_MS = 400
 LEVEL_RISE, LEVEL_FALL = 0.3, 0.01  # per 20 ms speech frame
+ONSET_MARGIN_DB = 4.0  # a quiet first word still stands this far over the background
 ONSET_REACH_MS = 600  # how far back a turn's start may reach to speech the level gate held back
 # Outside a turn, this much speech within the start window, the last of it this recent, is the
 # caller stirring: perhaps the start of a turn, perhaps a click that will come to nothing.
@@ -78,6 +97,7 @@ class TurnConfig:
     vad_aggressiveness: int = 2  # webrtcvad's, when it is the VAD
     speech_threshold: float = 0.5  # speech probability that counts as speech
     min_speech_ms: int = 200
+    babble_margin_db: float = 8.0  # with babble behind the caller (see BABBLE_SHARE)
     pause_ms: int = 120  # silence after which the turn is transcribed and judged
     end_of_turn_ms: int = 700  # silence that ends a turn nobody judged finished or unfinished
     incomplete_ms: int = 1200  # silence that ends a turn judged unfinished
@@ -117,8 +137,9 @@ class TurnDetector:
         self._position_ms = 0
         window_frames = max(1, (self.config.min_speech_ms + 100) // frame_ms)
         pre_roll_frames = self.config.pre_roll_ms // frame_ms
-        # Frames before a turn: (frame, speech, heard): speech passed the caller's level gate,
-        # heard only means the VAD's probability was high (where a quiet first word begins).
+        # Frames before a turn: (frame, speech, heard): speech passed the caller's level gate;
+        # heard means the VAD's probability was high and the level stood out from the background
+        # at all (where a quiet first word begins).
         reach = ONSET_REACH_MS // frame_ms
         self._before: deque[tuple[bytes, bool, bool]] = deque(
             maxlen=window_frames + pre_roll_frames + reach
@@ -138,6 +159,15 @@ class TurnDetector:
         self._judged = judged
         self._caller_db = 0.0  # the caller's speech level, dBFS-like (see above)
         self._caller_speech_ms = 0
+        levels = BACKGROUND_WINDOW_MS // frame_ms
+        self._levels: deque[float] = deque(maxlen=levels)  # dB, of every frame
+        # Of the frames not the caller's: whether the VAD heard speech in them (recent ones),
+        # and the levels of those it did (the babble's).
+        self._others_heard: deque[bool] = deque(maxlen=BABBLE_WINDOW_MS // frame_ms)
+        self._babble_levels: deque[float] = deque(maxlen=levels)
+        self._envelope: deque[float] = deque(maxlen=max(1, ENVELOPE_MS // frame_ms))
+        self._background_db = -math.inf
+        self._babble = True  # until the line says otherwise: the safe side for a first turn
 
     @property
     def in_turn(self) -> bool:
@@ -187,12 +217,36 @@ class TurnDetector:
                 self._caller_db += rate * (db - self._caller_db)
             self._caller_speech_ms += self.frame_ms
 
-    def _is_speech(self, frame: bytes, probability: float, threshold: float) -> bool:
+    def _note_level(self, db: float, speech: bool, heard: bool) -> None:
+        """The frame's level joins the background estimate (see BACKGROUND_PERCENTILE)."""
+        self._levels.append(db)
+        if not speech:
+            self._others_heard.append(heard)
+            if heard:
+                self._babble_levels.append(db)
+        if self._position_ms % 100 and len(self._levels) > 5:
+            return  # it moves slowly: five frames at a time is plenty
+        least = BACKGROUND_MIN_MS // self.frame_ms
+        if len(self._others_heard) >= least:
+            self._babble = sum(self._others_heard) >= BABBLE_SHARE * len(self._others_heard)
+        estimates = [-math.inf]  # nothing known yet: any sound may be the caller's
+        if len(self._levels) >= FLOOR_MIN_MS // self.frame_ms:
+            estimates.append(float(np.percentile(self._levels, FLOOR_PERCENTILE)))
+        if len(self._babble_levels) >= least:
+            estimates.append(float(np.percentile(self._babble_levels, BACKGROUND_PERCENTILE)))
+        self._background_db = max(estimates)
+
+    def _is_speech(
+        self, probability: float, threshold: float, level_db: float, held_db: float
+    ) -> bool:
+        """The VAD hears speech in the newest frame, loud enough to be the caller's: its own
+        level over the babble, its held level (see ENVELOPE_MS) near the caller's."""
         if probability < threshold:
             return False
-        if self._caller_speech_ms < LEVEL_LEARN_MS:
-            return True
-        return _db(_level(frame)) >= self._caller_db - CALLER_LEVEL_GATE_DB
+        if self._babble and level_db < self._background_db + self.config.babble_margin_db:
+            return False
+        learned = self._caller_speech_ms >= LEVEL_LEARN_MS
+        return not learned or held_db >= self._caller_db - CALLER_LEVEL_GATE_DB
 
     @property
     def position_ms(self) -> int:
@@ -203,15 +257,18 @@ class TurnDetector:
             raise ValueError(f"frame must be {self.frame_bytes} bytes, got {len(frame)}")
         probability = self._speech(frame)
         self._position_ms += self.frame_ms
-        if self._in_turn:
-            return self._continue_turn(
-                frame, self._is_speech(frame, probability, self._in_turn_threshold)
-            )
+        db = _db(_level(frame))
+        self._envelope.append(db)
         threshold = self.config.speech_threshold
-        heard = probability >= threshold
-        self._before.append(
-            (frame, heard and self._is_speech(frame, probability, threshold), heard)
-        )
+        if self._in_turn:
+            speech = self._is_speech(probability, self._in_turn_threshold, db, db)
+            self._note_level(db, speech, probability >= BABBLE_PROBABILITY)
+            return self._continue_turn(frame, speech)
+        envelope = max(self._envelope)  # a stop consonant's dip does not delay a turn's start
+        heard = probability >= threshold and envelope >= self._background_db + ONSET_MARGIN_DB
+        speech = heard and self._is_speech(probability, threshold, db, envelope)
+        self._note_level(db, speech, probability >= BABBLE_PROBABILITY)
+        self._before.append((frame, speech, heard))
         return self._maybe_start()
 
     @property
@@ -247,7 +304,7 @@ class TurnDetector:
         frames = list(self._before)
         start_index = len(frames) - len(window) + first_voiced
         while start_index > 0 and frames[start_index - 1][2]:
-            start_index -= 1  # the speech began where the VAD first heard it, gate or not
+            start_index -= 1  # the speech began where it was first heard, gate or not
         keep_from = max(0, start_index - self._pre_roll_frames)
         self._turn = [f for f, _, _ in frames[keep_from:]]
         self._turn_start_ms = self._position_ms - (len(frames) - start_index) * self.frame_ms

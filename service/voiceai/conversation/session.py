@@ -42,9 +42,6 @@ log = logging.getLogger(__name__)
 BREAK_CONFIRM_S = 2.0  # longest wait for FreeSWITCH to confirm a break with PLAYBACK_STOP
 LOST_TURNS_IN_A_ROW = 2  # untranscribable turns before the caller is handed over
 HANGUP_CAUSE_WAIT_S = 1.0  # the fork often closes just before CHANNEL_HANGUP_COMPLETE arrives
-# A reply's first audio waits at most this long for a caller who stirs after a pause judged
-# final to either start a turn (the reply is dropped unheard) or fall quiet (it plays).
-RESUME_HOLD_S = 0.3
 
 
 class CallNotReady(Exception):
@@ -69,6 +66,9 @@ class Engines:
 class CallPolicy:
     turn: TurnConfig
     barge_in_min_ms: int = 250
+    # A reply's first audio waits at most this long for a caller who stirs after a pause judged
+    # final to either start a turn (the reply is dropped unheard) or fall quiet (it plays).
+    resume_hold_ms: int = 300
     complete_threshold: float = 0.5  # the turn model's probability that counts as finished
     system_prompt: str = ""
     greeting: str = ""
@@ -285,7 +285,9 @@ class CallSession:
             # The caller may be going on after a pause judged final: let that sound become a
             # turn (RESUMED drops this reply unheard) or fade, so half a sentence goes unanswered.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._caller_quiet.wait(), RESUME_HOLD_S)
+                await asyncio.wait_for(
+                    self._caller_quiet.wait(), self._policy.resume_hold_ms / 1000
+                )
         if not self._machine.fire(Trigger.AUDIO_READY):
             raise Refused(f"no audio while the call is {self.state}")
 
