@@ -37,6 +37,7 @@ from voiceai import events
 from voiceai.audio.pcm import decode_file
 from voiceai.config import Settings
 from voiceai.engines.tts import build_tts
+from voiceai.sim.babble import babble
 from voiceai.sim.freeswitch import Channel, EslServer
 from voiceai.sim.freeswitch.protocol import get_header
 from voiceai.sim.ollama_server import OllamaEmulator
@@ -291,16 +292,39 @@ NOISE_SNR_DB = 15.0
 REPLY_WITHIN_S = 2.5  # of noise streamed after the true end of speech
 
 
-def test_noise_after_a_question_does_not_keep_the_turn_open(service_factory, tts) -> None:
+# Real talkers (none of them the caller below) reversed into a wordless crowd.
+BABBLE_TALKERS = (
+    "en_harvard_spk2_snt5",
+    "en_libritts_260_123286_000003_000002",
+    "en_harvard_spk1_snt2",
+    "en_cmd_add_apples_to_my_shopping_list",
+    "en_pisets_neural_networks",
+    "en_harvard_spk2_snt1",
+)
+
+
+def crowd(seconds: float, rng: np.random.Generator) -> np.ndarray:
+    """Other people talking near the caller: speech to any VAD, words to nobody (unit RMS)."""
+    talkers = [at_level(real_speech(name), -26.0) for name in BABBLE_TALKERS]
+    return babble(talkers, seconds, RATE, rng)
+
+
+@pytest.mark.parametrize("noise_kind", ["pink", "babble"])
+def test_noise_after_a_question_does_not_keep_the_turn_open(
+    service_factory, tts, noise_kind: str
+) -> None:
     # "She had your dark suit in greasy wash water all year." (TIMIT, a real speaker): no pause
     # inside it, so what is measured is the noise after it. (A clip with a 180 ms pause inside,
     # "Sunday is the best | part of the week", sometimes gets its first half answered: a
     # mid-sentence pause, which tests/test_turn_detector.py and bench part 2 cover.)
+    # Babble is the harder noise: the VAD hears speech in it, and it used to hold the turn open
+    # for as long as it lasted.
     speech = at_level(real_speech("en_timit_ldc93s1"), HOT_LINE_DBFS)
     _, speech_end = speech_span(speech)
     lead_s, noise_s = 0.5, 8.0
     clean = np.concatenate([silence(lead_s), speech, silence(noise_s)])
-    noise = pink_noise(len(clean) / RATE, np.random.default_rng(15))
+    make_noise = pink_noise if noise_kind == "pink" else crowd
+    noise = make_noise(len(clean) / RATE, np.random.default_rng(15))
     line = clean + noise * dbfs(HOT_LINE_DBFS - NOISE_SNR_DB)  # -31 dBFS, under the speech too
     true_end = lead_s + speech_end  # in the stream
     length = len(line) / RATE
