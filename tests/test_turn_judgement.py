@@ -95,3 +95,16 @@ def test_an_ending_whisper_may_have_invented_waits_like_an_unfinished_turn() -> 
     assert judge("I'd like a table for it.", "en", 0.97, 0.5, tail_confidence=0.9) is (
         Verdict.COMPLETE
     )
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["Is the garage door open?", "She had your dark suit in greasy wash water all year."],
+)
+def test_an_unsure_ending_of_a_whole_sentence_does_not_hold_the_turn(text: str) -> None:
+    # In babble, tiny.en is unsure of most finished sentences' last words (0.46-0.72 measured):
+    # without the last word they do not end mid-sentence, so the usual rules judge them.
+    assert judge(text, "en", 0.9, 0.5, tail_confidence=0.5) is Verdict.COMPLETE
+    assert judge(text, "en", 0.2, 0.5, tail_confidence=0.5) is Verdict.UNSURE
+    # An ending it hardly heard (babble turned into "Thank you.") still waits.
+    assert judge(text, "en", 0.9, 0.5, tail_confidence=0.2) is Verdict.INCOMPLETE
