@@ -40,6 +40,7 @@ BACKGROUND_PERCENTILE = 20
 FLOOR_PERCENTILE = 5
 FLOOR_MIN_MS = 200  # frames heard before the floor counts
 BACKGROUND_MIN_MS = 500  # frames (not the caller's) before the babble estimates count
+BACKGROUND_EVERY_MS = 200  # how often the estimates are brought up to date
 BABBLE_WINDOW_MS = 1500  # recent enough that a TV switched on mid-call is soon known as babble
 BABBLE_SHARE = 0.2  # measured: pink noise 0 % at any SNR, babble 73-100 %
 BABBLE_PROBABILITY = 0.25  # "the VAD hears speech" in that count: babble is often in between
@@ -224,8 +225,10 @@ class TurnDetector:
             self._others_heard.append(heard)
             if heard:
                 self._babble_levels.append(db)
-        if self._position_ms % 100 and len(self._levels) > 5:
-            return  # it moves slowly: five frames at a time is plenty
+        if self._position_ms % BACKGROUND_EVERY_MS and len(self._levels) * self.frame_ms > (
+            BACKGROUND_MIN_MS
+        ):
+            return  # once known, it moves slowly
         least = BACKGROUND_MIN_MS // self.frame_ms
         if len(self._others_heard) >= least:
             self._babble = sum(self._others_heard) >= BABBLE_SHARE * len(self._others_heard)
@@ -375,7 +378,8 @@ class TurnDetector:
 
 def _level(frame: bytes) -> float:
     """RMS of a frame of int16 samples."""
-    return float(np.sqrt(np.mean(to_samples(frame).astype(np.float64) ** 2)))
+    samples = to_samples(frame).astype(np.float32)
+    return math.sqrt(float(np.dot(samples, samples)) / max(1, samples.size))
 
 
 def _db(level: float) -> float:
