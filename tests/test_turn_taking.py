@@ -406,9 +406,13 @@ def line_noise_medley(rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[
     return np.concatenate([p for _, p in parts]), [(k, len(p) / RATE) for k, p in parts]
 
 
-def test_noise_alone_opens_no_turn_and_never_breaks_the_bot(service_factory, tts) -> None:
-    question = real_speech("en_harvard_spk2_snt1")  # "We are sure that one war is enough."
-    noise, kinds = line_noise_medley(np.random.default_rng(2))
+def noise_over_the_bot(
+    service_factory, tts, question: np.ndarray, noise: np.ndarray
+) -> tuple[PhoneCall, list[str], tuple[float, float], list[Any]]:
+    """The caller asks `question`; once the long reply plays, the line carries `noise` alone.
+
+    Returns the call, its commands, when the noise ran (channel clock) and what played.
+    """
     noise_s = len(noise) / RATE
 
     async def scenario() -> tuple[PhoneCall, list[str], tuple[float, float], list[Any]]:
@@ -431,7 +435,15 @@ def test_noise_alone_opens_no_turn_and_never_breaks_the_bot(service_factory, tts
                 played = list(channel.played)
         return call, commands, (noise_from, noise_from + noise_s), played
 
-    call, commands, (noise_from, noise_to), played = asyncio.run(scenario())
+    return asyncio.run(scenario())
+
+
+def test_noise_alone_opens_no_turn_and_never_breaks_the_bot(service_factory, tts) -> None:
+    question = real_speech("en_harvard_spk2_snt1")  # "We are sure that one war is enough."
+    noise, kinds = line_noise_medley(np.random.default_rng(2))
+    call, commands, (noise_from, noise_to), played = noise_over_the_bot(
+        service_factory, tts, question, noise
+    )
     shown = summary(call)
 
     # The noise began while the bot was speaking its first sentence (the fork stamps a frame with
@@ -453,6 +465,20 @@ def test_noise_alone_opens_no_turn_and_never_breaks_the_bot(service_factory, tts
         f"{played[-1].stopped_at:.1f} s ({kinds})"
     )
     assert all(p.status == "done" for p in played), played
+
+
+def test_babble_alone_never_breaks_the_bot(service_factory, tts) -> None:
+    """Other people talking near a caller who listens: speech to the VAD, 15 dB under the
+    caller's voice. It must not pass for the caller and break the bot."""
+    question = at_level(real_speech("en_harvard_spk2_snt2"), -26.0)
+    noise = crowd(15.0, np.random.default_rng(4)) * dbfs(-26.0 - NOISE_SNR_DB)
+    call, commands, _, played = noise_over_the_bot(service_factory, tts, question, noise)
+    shown = summary(call)
+    assert not call.log.of(events.BARGE_IN), shown
+    assert not any(c.startswith("uuid_break") for c in commands), commands
+    said = call.log.of(events.BOT_SAID)
+    assert len(said) == 1 and said[0]["data"]["interrupted"] is False, shown
+    assert played and all(p.status == "done" for p in played), played
 
 
 # --- 3 and 4. a pause in the middle of a sentence -----------------------------------------------
