@@ -217,6 +217,18 @@ def words(text: str) -> set[str]:
     return set(cleaned.split())
 
 
+# Real talkers of ../shared/speech/real that the babble tests reverse into a wordless crowd
+# (voiceai.sim.babble); none of them is a caller in those tests.
+BABBLE_TALKERS = (
+    "en_harvard_spk2_snt5",
+    "en_libritts_260_123286_000003_000002",
+    "en_harvard_spk1_snt2",
+    "en_cmd_add_apples_to_my_shopping_list",
+    "en_pisets_neural_networks",
+    "en_harvard_spk2_snt1",
+)
+
+
 def white_noise(seconds: float, rate: int, amplitude: float = 3000.0) -> np.ndarray:
     rng = np.random.default_rng(3)
     noise = rng.standard_normal(int(seconds * rate)) * amplitude

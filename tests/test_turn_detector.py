@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import white_noise
+from tests.conftest import BABBLE_TALKERS, white_noise
 from tests.speech import Speech
 from voiceai.audio.pcm import decode_file
 from voiceai.audio.turns import (
@@ -195,15 +195,6 @@ def test_pink_noise_alone_starts_no_turn_with_silero(silero: SileroModel) -> Non
     assert run(TurnDetector(8000, 20, TurnConfig(), silero.stream(8000)), noise) == []
 
 
-# Babble from real talkers the tests below never use as the caller (reversed: no words in it).
-BABBLE_TALKERS = (
-    "en_harvard_spk2_snt5",
-    "en_libritts_260_123286_000003_000002",
-    "en_harvard_spk1_snt2",
-    "en_cmd_add_apples_to_my_shopping_list",
-    "en_pisets_neural_networks",
-    "en_harvard_spk2_snt1",
-)
 SPEECH_DBFS = -26.0  # the caller's active speech level (ITU-T P.56's nominal)
 
 

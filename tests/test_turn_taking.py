@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 import numpy as np
 import pytest
 
-from tests.conftest import RunningService, words
+from tests.conftest import BABBLE_TALKERS, RunningService, words
 from voiceai import events
 from voiceai.audio.pcm import decode_file
 from voiceai.config import Settings
@@ -290,17 +290,6 @@ def last_user_message(request: Any) -> str:
 HOT_LINE_DBFS = -16.0  # a loud line (P.56 nominal is -26): its noise reaches webrtcvad's gate
 NOISE_SNR_DB = 15.0
 REPLY_WITHIN_S = 2.5  # of noise streamed after the true end of speech
-
-
-# Real talkers (none of them the caller below) reversed into a wordless crowd.
-BABBLE_TALKERS = (
-    "en_harvard_spk2_snt5",
-    "en_libritts_260_123286_000003_000002",
-    "en_harvard_spk1_snt2",
-    "en_cmd_add_apples_to_my_shopping_list",
-    "en_pisets_neural_networks",
-    "en_harvard_spk2_snt1",
-)
 
 
 def crowd(seconds: float, rng: np.random.Generator) -> np.ndarray:
