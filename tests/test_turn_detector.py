@@ -247,6 +247,14 @@ def test_babble_alone_holds_no_turn_open(silero: SileroModel) -> None:
     assert sum(end - start for start, end in turns) < 0.1 * seconds * 1000, turns
 
 
+def test_the_detector_tells_babble_from_line_noise_behind_the_caller(silero: SileroModel) -> None:
+    crowd_line = TurnDetector(8000, 20, TurnConfig(), silero.stream(8000))
+    run(crowd_line, babble_at(3.0, SPEECH_DBFS - 15).astype(np.int16))
+    noisy_line = TurnDetector(8000, 20, TurnConfig(), silero.stream(8000))
+    run(noisy_line, pink_noise(3.0, 8000, rms=0.018 * 32768))
+    assert crowd_line.babble_behind and not noisy_line.babble_behind
+
+
 def paused_detector(silero: SileroModel) -> tuple[TurnDetector, SpeechPaused, bytes]:
     """A detector just past the pause after a real sentence, and a frame of quiet line."""
     clip = real_clip("en_harvard_spk2_snt2")

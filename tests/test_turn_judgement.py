@@ -108,5 +108,13 @@ def test_an_unsure_ending_of_a_whole_sentence_is_left_to_the_silence_rule(text: 
     assert judge(text, "en", 0.9, 0.5, tail_confidence=0.5) is Verdict.UNSURE
     assert judge(text, "en", 0.2, 0.5, tail_confidence=0.5) is Verdict.UNSURE
     assert judge(text, "en", 0.9, 0.5, tail_confidence=0.9) is Verdict.COMPLETE
+    # Over babble tiny.en doubts most endings it gets right: only a weaker one is doubted there.
+    assert judge(text, "en", 0.9, 0.5, tail_confidence=0.6, babble=True) is Verdict.COMPLETE
+    assert judge(text, "en", 0.9, 0.5, tail_confidence=0.4, babble=True) is Verdict.UNSURE
     # An ending it hardly heard (babble turned into "Thank you.") still waits.
     assert judge(text, "en", 0.9, 0.5, tail_confidence=0.2) is Verdict.INCOMPLETE
+
+
+def test_an_invented_ending_still_waits_over_babble() -> None:
+    verdict = judge("I'd like a table for it.", "en", 0.97, 0.5, tail_confidence=0.6, babble=True)
+    assert verdict is Verdict.INCOMPLETE

@@ -199,6 +199,12 @@ class TurnDetector:
             return False
         return (len(window) - 1 - voiced[-1]) * self.frame_ms < STIR_RECENT_MS
 
+    @property
+    def babble_behind(self) -> bool:
+        """Other voices are known to be behind the caller (see BABBLE_SHARE)."""
+        known = len(self._others_heard) * self.frame_ms >= BACKGROUND_MIN_MS
+        return self._babble and known
+
     def turn_so_far(self) -> tuple[np.ndarray, int] | None:
         """The audio of the turn in progress and its start, for a partial transcript."""
         if not self._in_turn:

@@ -206,7 +206,8 @@ class Listener:
         text = transcript.text if transcript is not None else None
         sure = transcript.tail_confidence if transcript is not None else 1.0
         language = self._language()
-        verdict = judge(text, language, None, self._complete_threshold, sure)
+        babble = self._detector.babble_behind
+        verdict = judge(text, language, None, self._complete_threshold, sure, babble)
         probability = None
         if self._turn_model is not None and worth_a_listen(verdict, text, language):
             audio = to_float(resample(paused.audio, self._rate, WHISPER_RATE))
@@ -214,7 +215,7 @@ class Listener:
                 probability = await self._turn_model.complete_probability(audio)
             except Exception as exc:  # the words alone decide
                 log.warning("call %s: turn model failed: %s", self.call_id, exc)
-            verdict = judge(text, language, probability, self._complete_threshold, sure)
+            verdict = judge(text, language, probability, self._complete_threshold, sure, babble)
         log.debug("call %s: pause judged %s (%r, p=%s)", self.call_id, verdict, text, probability)
         if ended := self._detector.decide(paused, verdict):
             self._on_turn_event(ended)
