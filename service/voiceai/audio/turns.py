@@ -4,6 +4,7 @@ pause worth judging, turn end."""
 from __future__ import annotations
 
 import enum
+import itertools
 import math
 from collections import deque
 from dataclasses import dataclass
@@ -193,11 +194,9 @@ class TurnDetector:
         """Outside a turn, the caller is making speech-like sound that may yet become a turn."""
         if self._in_turn:
             return False
-        window = list(self._before)[-self._window_frames :]
-        voiced = [i for i, (_, v, _) in enumerate(window) if v]
-        if len(voiced) * self.frame_ms < STIR_MS:
-            return False
-        return (len(window) - 1 - voiced[-1]) * self.frame_ms < STIR_RECENT_MS
+        newest_first = itertools.islice(reversed(self._before), self._window_frames)
+        ago = [i * self.frame_ms for i, (_, v, _) in enumerate(newest_first) if v]
+        return len(ago) * self.frame_ms >= STIR_MS and ago[0] < STIR_RECENT_MS
 
     @property
     def babble_behind(self) -> bool:

@@ -170,8 +170,7 @@ class CallSession:
         self._lost_turns = 0  # in a row that speech recognition could not transcribe
         self._failing_over = False  # the apology and hand-over are under way: no barge-in
         self._hung_up = asyncio.Event()
-        self._caller_quiet = asyncio.Event()  # between turns, no sound that may start one
-        self._caller_quiet.set()
+        self._caller_quiet = asyncio.Event()  # a stirring caller fell quiet (see _before_audio)
         self._tasks: set[asyncio.Task[Any]] = set()
 
     @property
@@ -192,10 +191,8 @@ class CallSession:
     def feed(self, data: bytes) -> None:
         """Caller audio as it arrives: any number of bytes, any split."""
         self._listener.feed(data)
-        if self._listener.caller_stirring:
-            self._caller_quiet.clear()
-        else:
-            self._caller_quiet.set()
+        if self.state is State.THINKING and not self._listener.caller_stirring:
+            self._caller_quiet.set()  # a reply held in _before_audio may play
 
     def on_speech_started(self, at_ms: int) -> None:
         self._barged_in_this_turn = False
@@ -281,9 +278,10 @@ class CallSession:
 
     async def _before_audio(self) -> None:
         """Every file the bot plays passes here: the state table may refuse it."""
-        if self.state is State.THINKING and not self._caller_quiet.is_set():
+        if self.state is State.THINKING and self._listener.caller_stirring:
             # The caller may be going on after a pause judged final: let that sound become a
             # turn (RESUMED drops this reply unheard) or fade, so half a sentence goes unanswered.
+            self._caller_quiet.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
                     self._caller_quiet.wait(), self._policy.resume_hold_ms / 1000
