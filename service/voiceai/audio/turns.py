@@ -210,8 +210,8 @@ class TurnDetector:
             return None
         return to_samples(b"".join(self._turn)).copy(), self._turn_start_ms
 
-    def _count_speech(self, frame: bytes) -> None:
-        level = _level(frame)
+    def _count_speech(self, level: float) -> None:
+        """A voiced frame of the turn, by its RMS level (see turn_voiced_ms)."""
         self._peak_level = max(self._peak_level, level)
         if level > 0 and level >= self._peak_level * 10 ** (-SPEECH_FLOOR_DB / 20):
             self._voiced_ms += self.frame_ms
@@ -265,13 +265,14 @@ class TurnDetector:
             raise ValueError(f"frame must be {self.frame_bytes} bytes, got {len(frame)}")
         probability = self._speech(frame)
         self._position_ms += self.frame_ms
-        db = _db(_level(frame))
+        level = _level(frame)
+        db = _db(level)
         self._envelope.append(db)
         threshold = self.config.speech_threshold
         if self._in_turn:
             speech = self._is_speech(probability, self._in_turn_threshold, db, db)
             self._note_level(db, speech, probability >= BABBLE_PROBABILITY)
-            return self._continue_turn(frame, speech)
+            return self._continue_turn(frame, speech, level)
         envelope = max(self._envelope)  # a stop consonant's dip does not delay a turn's start
         heard = probability >= threshold and envelope >= self._background_db + ONSET_MARGIN_DB
         speech = heard and self._is_speech(probability, threshold, db, envelope)
@@ -326,18 +327,18 @@ class TurnDetector:
         self._peak_level = 0.0
         for frame, v, _ in frames[keep_from:]:
             if v:
-                self._count_speech(frame)
+                self._count_speech(_level(frame))
         self._in_turn = True
         self._before.clear()
         return [SpeechStarted(at_ms=self._turn_start_ms)]
 
-    def _continue_turn(self, frame: bytes, voiced: bool) -> list[TurnEvent]:
+    def _continue_turn(self, frame: bytes, voiced: bool, level: float) -> list[TurnEvent]:
         self._turn.append(frame)
         if voiced:
             self._silence_ms = 0
             self._silence_limit_ms = self.config.end_of_turn_ms  # a new pause, judged afresh
             self._judging = False
-            self._count_speech(frame)
+            self._count_speech(level)
             self._last_voiced_end_ms = self._position_ms
             self._last_voiced_index = len(self._turn) - 1
         else:
