@@ -24,8 +24,8 @@ SPEECH_FLOOR_DB = 30.0
 HYSTERESIS = 0.15  # inside a turn, speech goes on until the probability drops this much lower
 # Babble (other people talking near the caller, a TV) is speech to any VAD, but quieter than the
 # caller, who is at the phone. When the VAD hears speech in at least BABBLE_SHARE of the recent
-# frames that were not the caller's (babble; pink, car or hum noise it rejects itself, and a level
-# margin there would only cut quiet last syllables), a frame is the caller's only if its level
+# frames between turns (babble; pink, car or hum noise it rejects itself, and a level margin
+# there would only cut quiet last syllables), a frame is the caller's only if its level
 # stands TurnConfig.babble_margin_db over the background: the BACKGROUND_PERCENTILE level of those
 # babble frames over BACKGROUND_WINDOW_MS, never under the FLOOR_PERCENTILE of every frame there
 # (which alone stands in while the babble is not yet known: babble from a call's first moment).
@@ -223,10 +223,14 @@ class TurnDetector:
                 self._caller_db += rate * (db - self._caller_db)
             self._caller_speech_ms += self.frame_ms
 
-    def _note_level(self, db: float, speech: bool, heard: bool) -> None:
-        """The frame's level joins the background estimate (see BACKGROUND_PERCENTILE)."""
+    def _note_level(self, db: float, others: bool, heard: bool) -> None:
+        """The frame's level joins the background estimate (see BACKGROUND_PERCENTILE).
+
+        `others`: not the caller's. Only frames between turns count: inside one, the caller's
+        own quiet syllables are speech to the VAD and would pass for babble.
+        """
         self._levels.append(db)
-        if not speech:
+        if others:
             self._others_heard.append(heard)
             if heard:
                 self._babble_levels.append(db)
@@ -271,12 +275,12 @@ class TurnDetector:
         threshold = self.config.speech_threshold
         if self._in_turn:
             speech = self._is_speech(probability, self._in_turn_threshold, db, db)
-            self._note_level(db, speech, probability >= BABBLE_PROBABILITY)
+            self._note_level(db, False, False)
             return self._continue_turn(frame, speech, level)
         envelope = max(self._envelope)  # a stop consonant's dip does not delay a turn's start
         heard = probability >= threshold and envelope >= self._background_db + ONSET_MARGIN_DB
         speech = heard and self._is_speech(probability, threshold, db, envelope)
-        self._note_level(db, speech, probability >= BABBLE_PROBABILITY)
+        self._note_level(db, not speech, probability >= BABBLE_PROBABILITY)
         self._before.append((frame, speech, heard))
         return self._maybe_start()
 
